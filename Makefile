@@ -1,0 +1,51 @@
+# realtime-analytics — every target installs what it needs itself (idempotently).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help run test lint unit streaming integration services-up services-down services-status clean
+
+help:  ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+$(STAMP): setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip wheel
+	@$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)  ## Create the venv and install the project with test extras
+
+run: $(STAMP)  ## Run the main job on its embedded default (no cloud, no flags) and print a summary
+	@$(PY) -m pipelines.streaming_analytics $(ARGS)
+
+test: $(STAMP)  ## Install everything and run the whole test suite (lint, unit, streaming, integration)
+	@$(PY) -m ruff check .
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff
+	@$(PY) -m ruff check .
+
+unit: $(STAMP)  ## Unit tests only
+	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+streaming: $(STAMP)  ## TestStream timeline tests only
+	@$(PY) -m pytest tests/streaming $(PYTEST_ARGS)
+
+integration: $(STAMP)  ## Integration tests (real local services) only
+	@$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+services-up: $(STAMP)  ## Start the local services (Kafka, Pub/Sub, BigQuery emulators) in the background
+	@$(PY) -m services up
+
+services-down: $(STAMP)  ## Stop the local services
+	@$(PY) -m services down
+
+services-status: $(STAMP)  ## Show which local services run
+	@$(PY) -m services status
+
+clean:  ## Remove outputs and build leftovers (keeps the download cache)
+	rm -rf output build dist *.egg-info .pytest_cache .ruff_cache

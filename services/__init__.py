@@ -1,0 +1,30 @@
+"""Real local services for tests and development: Kafka, Pub/Sub (pstest), BigQuery (local-bigquery).
+
+Not part of the installed pipeline. Each service is a plain process on 127.0.0.1 with its own
+temp work dir; downloads and builds are cached under .cache/. Use a service as a context manager,
+through the pytest fixtures in tests/integration/conftest.py, or via `python -m services up|down|status`.
+"""
+
+from __future__ import annotations
+
+from services._process import ServiceError
+from services._service import LocalService
+from services.bigquery import BigQueryEmulator
+from services.kafka import KafkaBroker
+from services.pubsub import PubSubEmulator
+
+# Order matters for `services up`: the JVM takes longest, so it starts first.
+SERVICES: dict[str, type[LocalService]] = {
+    KafkaBroker.name: KafkaBroker,
+    PubSubEmulator.name: PubSubEmulator,
+    BigQueryEmulator.name: BigQueryEmulator,
+}
+
+__all__ = [
+    "SERVICES",
+    "BigQueryEmulator",
+    "KafkaBroker",
+    "LocalService",
+    "PubSubEmulator",
+    "ServiceError",
+]

@@ -1,0 +1,114 @@
+"""Apache Kafka 4.x as a single-node KRaft broker (combined broker + controller) from Maven jars."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from typing import ClassVar
+
+from services import cache
+from services._process import LOCALHOST, port_open, run_step
+from services._service import LocalService
+
+_SERVER_PROPERTIES = """\
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers={host}:{controller}
+listeners=PLAINTEXT://{host}:{broker},CONTROLLER://{host}:{controller}
+advertised.listeners=PLAINTEXT://{host}:{broker}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs={data}
+num.partitions=1
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+# Tests create a consumer group and expect messages at once, not after the default 3 s delay.
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+"""
+
+
+def _cluster_id() -> str:
+    # Same format as `kafka-storage random-uuid` (base64url, no padding) without paying a JVM
+    # start for it; Kafka avoids ids starting with "-" because its CLIs would read them as flags.
+    while True:
+        value = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not value.startswith("-"):
+            return value
+
+
+class KafkaBroker(LocalService):
+    """Kafka broker on 127.0.0.1; clients use `bootstrap_servers`."""
+
+    name: ClassVar[str] = "kafka"
+    port_names: ClassVar[tuple[str, ...]] = ("broker", "controller")
+    fixed_ports: ClassVar[dict[str, int]] = {"broker": 19092, "controller": 19093}
+    startup_timeout: ClassVar[float] = 120.0
+    heap: ClassVar[str] = "512m"
+
+    def install(self) -> None:
+        cache.ensure_kafka_jars()
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{LOCALHOST}:{self._ports['broker']}"
+
+    def _java(self, *args: str, heap: str) -> list[str]:
+        return [
+            cache.java_executable(),
+            f"-Xmx{heap}",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={cache.KAFKA_LOG4J}",
+            "-cp",
+            # The JVM expands "dir/*" to every jar in dir itself; no shell involved.
+            f"{cache.KAFKA_LIB}/*",
+            *args,
+        ]
+
+    def prepare(self) -> None:
+        data = self.work_dir / "data"
+        properties = self.work_dir / "server.properties"
+        properties.write_text(
+            _SERVER_PROPERTIES.format(
+                host=LOCALHOST, broker=self._ports["broker"], controller=self._ports["controller"], data=data
+            )
+        )
+        format_cmd = self._java(
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            _cluster_id(),
+            "-c",
+            str(properties),
+            "--standalone",
+            heap="256m",
+        )
+        run_step(self.name, format_cmd, log_path=self.log_path, cwd=self.work_dir, timeout=120)
+
+    def command(self) -> list[str]:
+        return self._java("kafka.Kafka", str(self.work_dir / "server.properties"), heap=self.heap)
+
+    def probe(self) -> None:
+        # A closed port needs no client: librdkafka would only log connection-refused noise.
+        if not port_open(self._ports["broker"]):
+            raise ConnectionError(f"nothing listens on {self.bootstrap_servers} yet")
+        # Imported here so `services down/status` work without the client libraries.
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "socket.timeout.ms": 5000})
+        metadata = admin.list_topics(timeout=5)
+        if not metadata.brokers:
+            raise RuntimeError("metadata lists no broker yet")
+
+    def addresses(self) -> dict[str, str]:
+        return {
+            "bootstrap": self.bootstrap_servers,
+            "controller": f"{LOCALHOST}:{self._ports.get('controller')}",
+        }
+
+    def env_vars(self) -> dict[str, str]:
+        return {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers}

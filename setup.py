@@ -1,0 +1,33 @@
+"""realtime-analytics: event streams -> trustworthy windowed analytics (Apache Beam, Python)."""
+
+from setuptools import find_packages, setup
+
+# Everything the pipeline needs at run time (also what Dataflow workers install).
+INSTALL_REQUIRES = [
+    "apache-beam[gcp]==2.77.0",
+    "fastavro>=1.9",
+    "pyarrow>=14",
+    "orjson>=3.10",
+    "msgspec>=0.18",
+    "zetasketch-py==0.1.3",
+]
+
+TEST_REQUIRES = [
+    "pytest>=8",
+    "pytest-timeout>=2.3",
+    "hypothesis>=6.100",
+    "ruff>=0.6",
+    "psutil>=5.9",
+    "confluent-kafka==2.16.1",
+]
+
+setup(
+    name="realtime-analytics",
+    version="0.1.0",
+    description="Apache Beam pipeline: raw events -> validated, windowed, deduplicated aggregates",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*", "schemas"]),
+    package_data={"schemas": ["*.avsc", "*.json", "*.sql"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+)

@@ -1,0 +1,53 @@
+"""Session fixtures with real local services: Kafka, Pub/Sub (pstest) and BigQuery (local-bigquery).
+
+Each fixture reuses a server that `python -m services up` left running (if the state file lists it
+and a real client can use it), otherwise starts its own on free ports and stops it after the
+session. A service that cannot be installed or started fails the tests with the log tail; nothing
+is skipped. SERVICES_FRESH=1 ignores running servers and always starts private ones.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import TypeVar
+
+import pytest
+
+from services import BigQueryEmulator, KafkaBroker, LocalService, PubSubEmulator
+
+S = TypeVar("S", bound=LocalService)
+
+
+def _provide(cls: type[S]) -> Iterator[S]:
+    if os.environ.get("SERVICES_FRESH") != "1":
+        running = cls.find_running()
+        if running is not None:
+            # Not ours to stop: `services down` owns it.
+            yield running
+            return
+    service = cls()
+    service.start()
+    try:
+        service.wait_healthy()
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[KafkaBroker]:
+    """A healthy Kafka broker; `.bootstrap_servers` is "127.0.0.1:PORT"."""
+    yield from _provide(KafkaBroker)
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator() -> Iterator[PubSubEmulator]:
+    """A healthy Pub/Sub emulator; `.host` is the value for PUBSUB_EMULATOR_HOST."""
+    yield from _provide(PubSubEmulator)
+
+
+@pytest.fixture(scope="session")
+def bigquery_emulator() -> Iterator[BigQueryEmulator]:
+    """A healthy BigQuery emulator; `.endpoint`, `.grpc_host`, `.project`, `.client()`."""
+    yield from _provide(BigQueryEmulator)

@@ -1,0 +1,164 @@
+"""Per (window, event_type, key) aggregates: count, exact value sum, HLL++ distinct users, pane metadata.
+
+``value_sum`` is exact up to the final rounding (integers summed as integers, floats as Shewchuk partials), so
+the result does not depend on bundle boundaries or merge order: batch and streaming agree to the bit.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
+
+from transforms.parse import METRICS_NAMESPACE
+from transforms.records import Event
+from transforms.sketch import DistinctSketch
+from transforms.timefmt import format_rfc3339_us, now_us
+
+GroupKey = tuple[str, "str | None"]
+
+
+def add_float(partials: list[float], x: float) -> None:
+    """Adds ``x`` to a list of non-overlapping partial sums, exactly (Shewchuk; as in ``math.fsum``)."""
+    i = 0
+    for y in partials:
+        if abs(x) < abs(y):
+            x, y = y, x
+        hi = x + y
+        lo = y - (hi - x)
+        if lo:
+            partials[i] = lo
+            i += 1
+        x = hi
+    partials[i:] = [x]
+
+
+class Accumulator:
+    """Partial aggregate; picklable (Beam pickles combiner accumulators between stages)."""
+
+    __slots__ = ("count", "int_sum", "float_partials", "sketch")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.int_sum = 0
+        self.float_partials: list[float] = []
+        self.sketch = DistinctSketch()
+
+    def add(self, event: Event) -> None:
+        self.count += 1
+        value = event.value
+        if type(value) is int:
+            self.int_sum += value
+        else:
+            add_float(self.float_partials, value)
+        self.sketch.add(event.user_id)
+
+    def merge(self, other: Accumulator) -> None:
+        self.count += other.count
+        self.int_sum += other.int_sum
+        for partial in other.float_partials:
+            add_float(self.float_partials, partial)
+        self.sketch.merge(other.sketch)
+
+    def value_sum(self) -> float:
+        return math.fsum([*self.float_partials, self.int_sum])
+
+    def __reduce__(self):
+        return (_rebuild_accumulator, (self.count, self.int_sum, self.float_partials, self.sketch.to_bytes()))
+
+
+def _rebuild_accumulator(count: int, int_sum: int, partials: list[float], sketch: bytes) -> Accumulator:
+    acc = Accumulator()
+    acc.count, acc.int_sum, acc.float_partials = count, int_sum, list(partials)
+    acc.sketch = DistinctSketch.from_bytes(sketch)
+    return acc
+
+
+class AggregateFn(beam.CombineFn):
+    """Events -> (event_count, value_sum, distinct_users, sketch bytes)."""
+
+    def create_accumulator(self) -> Accumulator:
+        return Accumulator()
+
+    def add_input(self, acc: Accumulator, event: Event) -> Accumulator:
+        acc.add(event)
+        return acc
+
+    def add_inputs(self, acc: Accumulator, events: Iterable[Event]) -> Accumulator:
+        for event in events:
+            acc.add(event)
+        return acc
+
+    def merge_accumulators(self, accumulators: Iterable[Accumulator]) -> Accumulator:
+        accumulators = iter(accumulators)
+        merged = next(accumulators)
+        for acc in accumulators:
+            merged.merge(acc)
+        return merged
+
+    def extract_output(self, acc: Accumulator) -> tuple[int, float, int, bytes]:
+        return acc.count, acc.value_sum(), acc.sketch.estimate(), acc.sketch.to_bytes()
+
+
+_TIMING = {
+    PaneInfoTiming.EARLY: "EARLY",
+    PaneInfoTiming.ON_TIME: "ON_TIME",
+    PaneInfoTiming.LATE: "LATE",
+    PaneInfoTiming.UNKNOWN: "UNKNOWN",
+}
+
+
+def aggregate_row(
+    group: GroupKey, result: tuple[int, float, int, bytes], window: Any, pane: PaneInfo, emitted_at_us: int
+) -> dict[str, Any]:
+    """The output row (``schemas/aggregates.bq.json``), JSON-ready: timestamps RFC 3339, bytes base64."""
+    event_type, key = group
+    count, value_sum, distinct, sketch = result
+    return {
+        "window_start": format_rfc3339_us(window.start.micros),
+        "window_end": format_rfc3339_us(window.end.micros),
+        "event_type": event_type,
+        "key": key,
+        "event_count": count,
+        "value_sum": value_sum,
+        "distinct_users": distinct,
+        "distinct_users_sketch": base64.b64encode(sketch).decode("ascii"),
+        "pane_timing": _TIMING.get(pane.timing, "UNKNOWN"),
+        "pane_index": pane.index,
+        "is_last_pane": pane.is_last,
+        "emitted_at": format_rfc3339_us(emitted_at_us),
+    }
+
+
+class _FormatRowDoFn(beam.DoFn):
+    def __init__(self) -> None:
+        self._rows = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "aggregate_rows")
+
+    def process(
+        self,
+        element: tuple[GroupKey, tuple[int, float, int, bytes]],
+        window=beam.DoFn.WindowParam,
+        pane=beam.DoFn.PaneInfoParam,
+    ) -> Iterator[dict[str, Any]]:
+        self._rows.inc()
+        yield aggregate_row(element[0], element[1], window, pane, now_us())
+
+
+def _group_key(event: Event) -> tuple[GroupKey, Event]:
+    return (event.event_type, event.key), event
+
+
+class WindowedAggregates(beam.PTransform):
+    """Windowed Events -> one aggregate row per (window, event_type, key) and pane."""
+
+    def expand(self, events):
+        return (
+            events
+            | "KeyByTypeAndKey" >> beam.Map(_group_key)
+            | "Combine" >> beam.CombinePerKey(AggregateFn())
+            | "ToRow" >> beam.ParDo(_FormatRowDoFn())
+        )

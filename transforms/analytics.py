@@ -1,0 +1,82 @@
+"""The whole analytics graph between a source and the sinks, as one composite transform.
+
+``StreamingAnalytics`` takes SourceRecords and returns aggregate rows and dead-letter rows. The CLI, the flex
+template and the tests all apply this same transform, so they run the very same graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+from apache_beam.utils.timestamp import Timestamp
+
+from transforms import dead_letter as dl
+from transforms.aggregate import WindowedAggregates
+from transforms.dedup import DEFAULT_DEDUP_HORIZON_S, DeduplicateEvents
+from transforms.parse import FORMAT_JSON, METRICS_NAMESPACE, ParseEvents
+from transforms.records import Event
+from transforms.validate import DEFAULT_MAX_CLOCK_SKEW_S, ValidateEvents
+from transforms.windowing import FilterTooLate, WindowEvents, WindowSpec
+
+AGGREGATES = "aggregates"
+DEAD_LETTERS = "dead_letters"
+
+
+@dataclass(frozen=True)
+class AnalyticsConfig:
+    """Everything the graph needs to know, independent of how it is launched."""
+
+    format: str = FORMAT_JSON
+    max_payload_bytes: int = 1 << 20
+    max_clock_skew_s: int = DEFAULT_MAX_CLOCK_SKEW_S
+    key_field: str = "page"
+    dedup_horizon_s: int = DEFAULT_DEDUP_HORIZON_S
+    window: WindowSpec = field(default_factory=WindowSpec)
+    streaming: bool = False
+
+
+def _with_event_time(event: Event) -> beam.window.TimestampedValue:
+    return beam.window.TimestampedValue(event, Timestamp(micros=event.event_time_us))
+
+
+def _count_dead_letter(row: dict) -> dict:
+    beam.metrics.Metrics.counter(METRICS_NAMESPACE, "dead_letters").inc()
+    beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"dead_letters_{row['error_code']}").inc()
+    return row
+
+
+class StreamingAnalytics(beam.PTransform):
+    """SourceRecords -> {"aggregates": rows, "dead_letters": rows}.
+
+    parse -> validate -> event time -> dedup -> (streaming: too-late filter) -> window -> aggregate.
+    In batch the input is bounded and the watermark only moves at the end, so nothing can be too late and the
+    filter is left out.
+    """
+
+    def __init__(self, config: AnalyticsConfig) -> None:
+        super().__init__()
+        self._config = config
+
+    def expand(self, records):
+        cfg = self._config
+        parsed = records | "ParseEvents" >> ParseEvents(cfg.format, cfg.max_payload_bytes)
+        validated = parsed.parsed | "ValidateEvents" >> ValidateEvents(cfg.key_field, cfg.max_clock_skew_s)
+        timed = validated.valid | "AssignEventTime" >> beam.Map(_with_event_time).with_output_types(Event)
+        unique = timed | "DeduplicateEvents" >> DeduplicateEvents(cfg.dedup_horizon_s)
+        dead = [parsed[dl.DEAD_LETTER_TAG], validated[dl.DEAD_LETTER_TAG]]
+        extra_lateness = 0
+        if cfg.streaming:
+            filtered = unique | "FilterTooLate" >> FilterTooLate(cfg.window)
+            unique = filtered.on_time
+            dead.append(filtered[dl.DEAD_LETTER_TAG])
+            extra_lateness = cfg.window.safety_margin_s
+        aggregates = (
+            unique
+            | "WindowEvents" >> WindowEvents(cfg.window, extra_lateness)
+            | "WindowedAggregates" >> WindowedAggregates()
+        )
+        dead_letters = (
+            dead | "CollectDeadLetters" >> beam.Flatten() | "CountDeadLetters" >> beam.Map(_count_dead_letter)
+        )
+        return {AGGREGATES: aggregates, DEAD_LETTERS: dead_letters}

@@ -1,0 +1,85 @@
+"""Dead-letter records: every rejected input becomes exactly one of these, with a precise error code.
+
+A dead letter is a JSON-ready dict with the fields of ``schemas/dead_letter.bq.json``; the original bytes are
+kept (base64 in JSON) so a record can be replayed once the cause is fixed.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, NamedTuple
+
+from transforms.timefmt import format_rfc3339_us, now_us
+
+# Error codes, in the order they are checked (contract v1).
+PAYLOAD_TOO_LARGE = "payload_too_large"
+INVALID_ENCODING = "invalid_encoding"
+MALFORMED_JSON = "malformed_json"
+MALFORMED_AVRO = "malformed_avro"
+NOT_AN_OBJECT = "not_an_object"
+MISSING_FIELD = "missing_field"
+INVALID_TYPE = "invalid_type"
+INVALID_VALUE = "invalid_value"
+TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
+# Later stages.
+TOO_LATE = "too_late"
+PROCESSING_ERROR = "processing_error"
+WRITE_REJECTED = "write_rejected"
+
+ERROR_CODES = (
+    PAYLOAD_TOO_LARGE,
+    INVALID_ENCODING,
+    MALFORMED_JSON,
+    MALFORMED_AVRO,
+    NOT_AN_OBJECT,
+    MISSING_FIELD,
+    INVALID_TYPE,
+    INVALID_VALUE,
+    TIMESTAMP_OUT_OF_RANGE,
+    TOO_LATE,
+    PROCESSING_ERROR,
+    WRITE_REJECTED,
+)
+
+# Stages.
+STAGE_PARSE = "parse"
+STAGE_VALIDATE = "validate"
+STAGE_WINDOW = "window"
+STAGE_WRITE = "write"
+
+DEAD_LETTER_TAG = "dead_letter"
+
+
+class Rejection(NamedTuple):
+    """Why a record was rejected; turned into a dead letter by the transform that found it."""
+
+    code: str
+    field: str | None
+    message: str
+
+
+def dead_letter(
+    rejection: Rejection,
+    payload: bytes | None,
+    source: str | None,
+    metadata: dict[str, Any] | None,
+    stage: str,
+    failed_at_us: int | None = None,
+) -> dict[str, Any]:
+    """Builds the dead-letter row for a rejected record."""
+    return {
+        "error_code": rejection.code,
+        "error_field": rejection.field,
+        "error_message": rejection.message,
+        "payload": base64.b64encode(payload).decode("ascii") if payload is not None else None,
+        "source": source,
+        "source_metadata": metadata,
+        "stage": stage,
+        "failed_at": format_rfc3339_us(now_us() if failed_at_us is None else failed_at_us),
+    }
+
+
+def original_payload(row: dict[str, Any]) -> bytes | None:
+    """The original bytes of a dead-letter row (inverse of the base64 in ``dead_letter``)."""
+    encoded = row.get("payload")
+    return None if encoded is None else base64.b64decode(encoded)
