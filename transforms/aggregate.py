@@ -135,7 +135,8 @@ def aggregate_row(
 
 
 class _FormatRowDoFn(beam.DoFn):
-    def __init__(self) -> None:
+    def __init__(self, bounded: bool) -> None:
+        self._bounded = bounded
         self._rows = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "aggregate_rows")
 
     def process(
@@ -145,6 +146,9 @@ class _FormatRowDoFn(beam.DoFn):
         pane=beam.DoFn.PaneInfoParam,
     ) -> Iterator[dict[str, Any]]:
         self._rows.inc()
+        if self._bounded and not pane.is_last:
+            # Bounded input gets exactly one pane per window and group, but the FnApiRunner does not flag it last.
+            pane = PaneInfo(True, True, pane.timing, pane.index, pane.nonspeculative_index)
         yield aggregate_row(element[0], element[1], window, pane, now_us())
 
 
@@ -155,10 +159,14 @@ def _group_key(event: Event) -> tuple[GroupKey, Event]:
 class WindowedAggregates(beam.PTransform):
     """Windowed Events -> one aggregate row per (window, event_type, key) and pane."""
 
+    def __init__(self, bounded: bool = False) -> None:
+        super().__init__()
+        self._bounded = bounded
+
     def expand(self, events):
         return (
             events
             | "KeyByTypeAndKey" >> beam.Map(_group_key)
             | "Combine" >> beam.CombinePerKey(AggregateFn())
-            | "ToRow" >> beam.ParDo(_FormatRowDoFn())
+            | "ToRow" >> beam.ParDo(_FormatRowDoFn(self._bounded))
         )

@@ -17,7 +17,7 @@ from transforms.dedup import DEFAULT_DEDUP_HORIZON_S, DeduplicateEvents
 from transforms.parse import FORMAT_JSON, METRICS_NAMESPACE, ParseEvents
 from transforms.records import Event
 from transforms.validate import DEFAULT_MAX_CLOCK_SKEW_S, ValidateEvents
-from transforms.windowing import FilterTooLate, WindowEvents, WindowSpec
+from transforms.windowing import SAFETY_MARGIN_S, FilterTooLate, WindowEvents, WindowSpec
 
 AGGREGATES = "aggregates"
 DEAD_LETTERS = "dead_letters"
@@ -50,8 +50,8 @@ class StreamingAnalytics(beam.PTransform):
     """SourceRecords -> {"aggregates": rows, "dead_letters": rows}.
 
     parse -> validate -> event time -> dedup -> (streaming: too-late filter) -> window -> aggregate.
-    In batch the input is bounded and the watermark only moves at the end, so nothing can be too late and the
-    filter is left out.
+    In batch the input is bounded and the watermark only moves at the end: nothing is late, and the filter is left
+    out.
     """
 
     def __init__(self, config: AnalyticsConfig) -> None:
@@ -70,11 +70,11 @@ class StreamingAnalytics(beam.PTransform):
             filtered = unique | "FilterTooLate" >> FilterTooLate(cfg.window)
             unique = filtered.on_time
             dead.append(filtered[dl.DEAD_LETTER_TAG])
-            extra_lateness = cfg.window.safety_margin_s
+            extra_lateness = SAFETY_MARGIN_S
         aggregates = (
             unique
-            | "WindowEvents" >> WindowEvents(cfg.window, extra_lateness)
-            | "WindowedAggregates" >> WindowedAggregates()
+            | "WindowEvents" >> WindowEvents(cfg.window, cfg.streaming, extra_lateness)
+            | "WindowedAggregates" >> WindowedAggregates(bounded=not cfg.streaming)
         )
         dead_letters = (
             dead | "CollectDeadLetters" >> beam.Flatten() | "CountDeadLetters" >> beam.Map(_count_dead_letter)

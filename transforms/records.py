@@ -35,6 +35,7 @@ class Event(NamedTuple):
     payload: bytes
     source: str
     metadata: dict[str, Any] | None
+    arrival_us: int  # the source's timestamp of the record (publish time, Kafka timestamp, replay clock)
 
 
 class _NamedTupleCoder(coders.Coder):

@@ -180,7 +180,7 @@ class EventValidator:
         self._max_skew_us = int(max_clock_skew_s * 1_000_000)
         self._clock = clock
 
-    def validate(self, obj: dict[str, Any], record: SourceRecord) -> Event | Rejection:
+    def validate(self, obj: dict[str, Any], record: SourceRecord, arrival_us: int = 0) -> Event | Rejection:
         event_id = _required_string(obj, "event_id", EVENT_ID_MAX)
         if type(event_id) is Rejection:
             return event_id
@@ -218,6 +218,7 @@ class EventValidator:
             record.payload,
             record.source,
             record.metadata,
+            arrival_us,
         )
 
     @staticmethod
@@ -234,9 +235,11 @@ class _ValidateDoFn(beam.DoFn):
     def setup(self) -> None:
         self._validator = EventValidator(self._key_field, self._max_clock_skew_s)
 
-    def process(self, element: tuple[dict[str, Any], SourceRecord]) -> Iterator[Any]:
+    def process(
+        self, element: tuple[dict[str, Any], SourceRecord], arrival=beam.DoFn.TimestampParam
+    ) -> Iterator[Any]:
         obj, record = element
-        result = self._validator.validate(obj, record)
+        result = self._validator.validate(obj, record, arrival.micros)
         if type(result) is Rejection:
             yield beam.pvalue.TaggedOutput(
                 dl.DEAD_LETTER_TAG,
