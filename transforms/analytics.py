@@ -34,6 +34,9 @@ class AnalyticsConfig:
     dedup_horizon_s: int = DEFAULT_DEDUP_HORIZON_S
     window: WindowSpec = field(default_factory=WindowSpec)
     streaming: bool = False
+    # Dedup implementation: "auto" (group-by for bounded input, keyed state + timer for streaming), or forced
+    # "state", "group", "beam" (Beam's DeduplicatePerKey), "off". Only benchmarks force one (docs/benchmarks.md).
+    dedup_impl: str = "auto"
 
 
 def _with_event_time(event: Event) -> beam.window.TimestampedValue:
@@ -63,7 +66,9 @@ class StreamingAnalytics(beam.PTransform):
         parsed = records | "ParseEvents" >> ParseEvents(cfg.format, cfg.max_payload_bytes)
         validated = parsed.parsed | "ValidateEvents" >> ValidateEvents(cfg.key_field, cfg.max_clock_skew_s)
         timed = validated.valid | "AssignEventTime" >> beam.Map(_with_event_time).with_output_types(Event)
-        unique = timed | "DeduplicateEvents" >> DeduplicateEvents(cfg.dedup_horizon_s)
+        unique = timed | "DeduplicateEvents" >> DeduplicateEvents(
+            cfg.dedup_horizon_s, cfg.dedup_impl, bounded=not cfg.streaming
+        )
         dead = [parsed[dl.DEAD_LETTER_TAG], validated[dl.DEAD_LETTER_TAG]]
         extra_lateness = 0
         if cfg.streaming:
