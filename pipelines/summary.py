@@ -77,28 +77,31 @@ class RunSummary:
         for row in finals.values():
             keys[f"{row['event_type']} / {row['key']}"] += row["event_count"]
         read = c.get("records_read", 0)
+        duplicates = c.get("duplicates", 0)
+
+        def line(label: str, value: int, note: str = "") -> str:
+            return f"  {label:<24}{value:>8}" + (f"   {note}" if note else "")
+
         lines = [
             f"realtime-analytics: run finished in {self.seconds:.1f} s ({self.mode})",
             "",
-            f"  records read          {read:>8}",
-            f"  valid events          {c.get('events_valid', 0):>8}",
-            f"  duplicates dropped    {c.get('duplicates', 0):>8}",
-            f"  too late (dead-lettered) {c.get('too_late', 0):>5}",
-            f"  dead letters          {len(self.dead_letter_rows):>8}",
+            line("records read", read),
+            line("valid events", c.get("events_valid", 0)),
+            line("duplicates dropped", duplicates),
+            line("too late", c.get("too_late", 0), "(in the dead letter as too_late)"),
+            line("dead letters", len(self.dead_letter_rows)),
         ]
         for code, count in sorted(codes.items(), key=lambda kv: (-kv[1], kv[0])):
-            lines.append(f"      {code:<24}{count:>6}")
+            lines.append(f"      {code:<24}{count:>4}")
+        pane_note = ", ".join(f"{t} {panes[t]}" for t in ("EARLY", "ON_TIME", "LATE") if panes[t])
         lines += [
-            f"  aggregated events     {self.aggregated_events:>8}   (final pane of each window and group)",
-            f"  windows               {len(windows):>8}",
-            f"  aggregate rows        {len(self.aggregate_rows):>8}   "
-            + ", ".join(f"{timing} {panes[timing]}" for timing in ("EARLY", "ON_TIME", "LATE") if panes[timing]),
+            line("aggregated events", self.aggregated_events, "(final pane of each window and group)"),
+            line("windows", len(windows)),
+            line("aggregate rows", len(self.aggregate_rows), pane_note),
+            f"  {'conservation':<24}{read} read = {self.aggregated_events} aggregated + "
+            f"{len(self.dead_letter_rows)} dead letters + {duplicates} duplicates: "
+            + ("ok" if self.conserved() else "MISMATCH"),
         ]
-        verdict = "ok" if self.conserved() else "MISMATCH"
-        lines.append(
-            f"  conservation          {read} read = {self.aggregated_events} aggregated + "
-            f"{len(self.dead_letter_rows)} dead letters + {c.get('duplicates', 0)} duplicates: {verdict}"
-        )
         if keys:
             lines += ["", "  top event_type / key by events:"]
             for name, count in keys.most_common(5):

@@ -235,9 +235,7 @@ class _ValidateDoFn(beam.DoFn):
     def setup(self) -> None:
         self._validator = EventValidator(self._key_field, self._max_clock_skew_s)
 
-    def process(
-        self, element: tuple[dict[str, Any], SourceRecord], arrival=beam.DoFn.TimestampParam
-    ) -> Iterator[Any]:
+    def process(self, element: tuple[dict[str, Any], SourceRecord], arrival=beam.DoFn.TimestampParam) -> Iterator[Any]:
         obj, record = element
         result = self._validator.validate(obj, record, arrival.micros)
         if type(result) is Rejection:

@@ -89,7 +89,7 @@ def parse_synthetic_uri(uri: str) -> SyntheticSpec:
     return spec
 
 
-# Bad records, one of each contract failure, cycled through.
+# Bad records, one of each contract failure, drawn at random.
 _BAD_JSON = (
     b'{"event_id": "x", "event_type": ',  # malformed_json
     b'{"event_id":"\xff\xfe","event_type":"click"}',  # invalid_encoding
@@ -144,7 +144,7 @@ def generate_block(
         arrival = anchor + int((seq - first) * step_us)
         draw = rng.random()
         if draw < thresholds[0]:
-            yield seq, arrival, bad_pool[seq % len(bad_pool)]
+            yield seq, arrival, bad_pool[rng.randrange(len(bad_pool))]
             continue
         if draw < thresholds[1] and recent:
             yield seq, arrival, recent[rng.randrange(len(recent))]  # a redelivery: same bytes, same event_id
