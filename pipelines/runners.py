@@ -42,9 +42,13 @@ def fix_streaming_direct_runner_metrics() -> None:
     sampler.scoped_state = scoped_state
 
 
+def is_direct(options: PipelineOptions) -> bool:
+    return options.view_as(StandardOptions).runner in DIRECT_NAMES
+
+
 def local_runner(options: PipelineOptions, streaming: bool) -> PipelineRunner | None:
     """The runner object to use, or None to let Beam resolve ``--runner`` itself."""
-    if options.view_as(StandardOptions).runner not in DIRECT_NAMES:
+    if not is_direct(options):
         return None
     if streaming:
         from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner

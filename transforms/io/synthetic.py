@@ -13,13 +13,13 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import apache_beam as beam
 import fastavro
 import orjson
 from apache_beam.transforms.periodicsequence import PeriodicImpulse
-from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
 import schemas
 from transforms.records import SourceRecord
@@ -49,6 +49,7 @@ class SyntheticSpec:
     start: str = "2024-01-01T00:00:00Z"
     format: str = "json"
     mode: str = ""  # "" = bounded in batch, real-time unbounded in streaming; "replay" = simulated-clock stream
+    duration: float = 0  # streaming, not replay: stop after this many wall-clock seconds (0 = run until stopped)
 
     @property
     def start_us(self) -> int:
@@ -79,6 +80,8 @@ def parse_synthetic_uri(uri: str) -> SyntheticSpec:
             raise ValueError(f"synthetic parameter {name} must be between 0 and 1")
     if spec.bad + spec.duplicates + spec.late + spec.too_late > 1:
         raise ValueError("synthetic shares bad + duplicates + late + too_late must not exceed 1")
+    if spec.duration < 0:
+        raise ValueError("synthetic duration must be >= 0 seconds")
     if spec.events < 0 or spec.rate <= 0 or spec.keys < 1 or spec.users < 1 or not 1 <= spec.event_types <= 6:
         raise ValueError("synthetic needs events >= 0, rate > 0, keys >= 1, users >= 1, 1 <= event_types <= 6")
     if spec.mode not in ("", "replay"):
@@ -87,6 +90,14 @@ def parse_synthetic_uri(uri: str) -> SyntheticSpec:
         raise ValueError("synthetic format must be json or avro")
     spec.start_us  # noqa: B018 - validates the start timestamp
     return spec
+
+
+def as_replay(uri: str) -> str:
+    """The same synthetic stream, replayed on a simulated clock (``mode=replay``; needs ``events``)."""
+    parts = urlsplit(uri)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "mode"]
+    query.append(("mode", "replay"))
+    return parts._replace(query=urlencode(query)).geturl()
 
 
 # Bad records, one of each contract failure, drawn at random.
@@ -206,15 +217,20 @@ class ReadSynthetic(beam.PTransform):
         per_tick = max(1, int(spec.rate * self._tick_s))
         tick_spec = replace(spec, rate=per_tick / self._tick_s)
 
-        def tick_records(tick: Timestamp) -> Iterator[beam.window.TimestampedValue]:
-            # Each tick is its own block of records, arriving over the tick that starts at its wall-clock time.
-            number = int(tick.micros // int(self._tick_s * _US))
-            for seq, arrival, payload in generate_block(tick_spec, number, per_tick, anchor_us=tick.micros):
+        def tick_records(tick: float) -> Iterator[beam.window.TimestampedValue]:
+            # Each tick (PeriodicImpulse emits its time in seconds) is its own block of records, arriving over
+            # the tick that starts at that wall-clock time.
+            tick_us = Timestamp.of(tick).micros
+            number = int(tick_us // int(self._tick_s * _US))
+            for seq, arrival, payload in generate_block(tick_spec, number, per_tick, anchor_us=tick_us):
                 record = SourceRecord(payload, source, {"sequence": seq})
                 yield beam.window.TimestampedValue(record, Timestamp(micros=arrival))
 
+        # Explicit start: PeriodicImpulse's default start is the time its module was imported.
+        start = Timestamp.now()
+        stop = start + spec.duration if spec.duration > 0 else MAX_TIMESTAMP
         return (
             pbegin
-            | "Ticks" >> PeriodicImpulse(fire_interval=self._tick_s, apply_windowing=False)
+            | "Ticks" >> PeriodicImpulse(start_timestamp=start, stop_timestamp=stop, fire_interval=self._tick_s)
             | "Generate" >> beam.FlatMap(tick_records).with_output_types(SourceRecord)
         )
