@@ -9,6 +9,7 @@ the benchmarks.
 
 from __future__ import annotations
 
+import io
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
@@ -88,7 +89,8 @@ def parse_synthetic_uri(uri: str) -> SyntheticSpec:
         raise ValueError("synthetic mode must be empty or replay")
     if spec.format not in ("json", "avro"):
         raise ValueError("synthetic format must be json or avro")
-    spec.start_us  # noqa: B018 - validates the start timestamp
+    if parse_rfc3339_us(spec.start) is None:
+        raise ValueError(f"synthetic start {spec.start!r} is not an RFC 3339 timestamp")
     return spec
 
 
@@ -122,8 +124,6 @@ def _page_weights(spec: SyntheticSpec) -> list[float]:
 
 def _encode(obj: dict[str, Any], fmt: str) -> bytes:
     if fmt == "avro":
-        import io
-
         out = io.BytesIO()
         fastavro.schemaless_writer(out, schemas.event_avro_schema(), obj)
         return out.getvalue()
