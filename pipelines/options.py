@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from transforms.analytics import AnalyticsConfig
-from transforms.io import UnsupportedUri, check_sink, check_source, is_replay
+from transforms.io import UnsupportedUri, check_sink, check_source, is_replay, is_unbounded
 from transforms.parse import FORMATS
 from transforms.validate import CONTRACT_FIELDS
 from transforms.windowing import SLIDING, WINDOW_KINDS, WindowSpec
@@ -44,7 +44,8 @@ class AnalyticsOptions(PipelineOptions):
             "--source",
             default=DEMO_SOURCE,
             help="Where records come from: a local path or glob (JSON lines, or Avro container files with "
-            "--format=avro), or synthetic://?events=N&rate=R&keys=K&bad=..&duplicates=..&late=..&too_late=.. "
+            "--format=avro), pubsub://projects/P/subscriptions/S or pubsub://projects/P/topics/T (streaming), or "
+            "synthetic://?events=N&rate=R&keys=K&bad=..&duplicates=..&late=..&too_late=.. "
             "(mode=replay replays a bounded stream on a simulated clock). Default: the embedded demo.",
         )
         group.add_argument("--format", default="json", help=f"Record format: {' or '.join(FORMATS)}.")
@@ -54,7 +55,7 @@ class AnalyticsOptions(PipelineOptions):
         group.add_argument(
             "--dead_letter_sink",
             default=DEFAULT_DEAD_LETTER_SINK,
-            help="Dead letters: a path prefix for newline-delimited JSON files.",
+            help="Dead letters: a path prefix for newline-delimited JSON files, or pubsub://projects/P/topics/T.",
         )
         group.add_argument("--window", default="fixed", help="Window kind: fixed, sliding or session.")
         group.add_argument("--window_size", default="60", help="Window size in seconds (fixed and sliding).")
@@ -155,8 +156,8 @@ def analytics_config(options: PipelineOptions) -> AnalyticsConfig:
             check_sink(getattr(opts, name))
         except UnsupportedUri as exc:
             raise ConfigError(f"--{name}: {exc}") from None
-    if is_replay(opts.source):
-        streaming = True  # a replay is a stream on a simulated clock
+    if is_replay(opts.source) or is_unbounded(opts.source):
+        streaming = True  # a replay is a stream on a simulated clock; a broker never ends
     return AnalyticsConfig(
         format=opts.format,
         max_payload_bytes=_integer(opts, "max_payload_bytes", 1),

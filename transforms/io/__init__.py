@@ -10,13 +10,19 @@ from urllib.parse import urlsplit
 import apache_beam as beam
 
 from transforms.io.files import ReadAvroFiles, ReadJsonLines, WriteJsonLines
+from transforms.io.pubsub import SCHEME as PUBSUB
+from transforms.io.pubsub import ReadPubSubRecords, WritePubSubRows, parse_pubsub_uri
 from transforms.io.replay import replay_stream
 from transforms.io.synthetic import SCHEME as SYNTHETIC
 from transforms.io.synthetic import ReadSynthetic, generate, parse_synthetic_uri
 from transforms.records import SourceRecord
 
-SOURCE_SCHEMES = ("<path or glob>", "file://", "synthetic://")
-SINK_SCHEMES = ("<path prefix>", "file://")
+SOURCE_SCHEMES = ("<path or glob>", "file://", "gs://", "synthetic://", "pubsub://")
+SINK_SCHEMES = ("<path prefix>", "file://", "pubsub:// (dead letters)")
+# Beam filesystems the file source reads (gs:// needs Google credentials; local paths need nothing).
+FILE_SCHEMES = ("", "file", "gs")
+# Sources that never end: they make the pipeline a streaming one.
+UNBOUNDED_SCHEMES = (PUBSUB,)
 
 
 class UnsupportedUri(ValueError):
@@ -38,7 +44,9 @@ def check_source(uri: str, fmt: str) -> None:
     scheme = scheme_of(uri)
     if scheme == SYNTHETIC:
         parse_synthetic_uri(uri)
-    elif scheme not in ("", "file"):
+    elif scheme == PUBSUB:
+        parse_pubsub_uri(uri)
+    elif scheme not in FILE_SCHEMES:
         raise UnsupportedUri(f"unsupported source scheme {scheme!r}; supported: {', '.join(SOURCE_SCHEMES)}")
     elif not _local_path(uri):
         raise UnsupportedUri("source path is empty")
@@ -46,10 +54,18 @@ def check_source(uri: str, fmt: str) -> None:
 
 def check_sink(uri: str) -> None:
     scheme = scheme_of(uri)
+    if scheme == PUBSUB:
+        if not parse_pubsub_uri(uri).is_topic:
+            raise UnsupportedUri(f"a Pub/Sub sink must be a topic (pubsub://projects/P/topics/T), got {uri!r}")
+        return
     if scheme not in ("", "file"):
         raise UnsupportedUri(f"unsupported sink scheme {scheme!r}; supported: {', '.join(SINK_SCHEMES)}")
     if not _local_path(uri) or _local_path(uri).endswith("/"):
         raise UnsupportedUri(f"sink {uri!r} must be a path prefix such as output/aggregates")
+
+
+def is_unbounded(uri: str) -> bool:
+    return scheme_of(uri) in UNBOUNDED_SCHEMES
 
 
 def is_replay(uri: str) -> bool:
@@ -77,6 +93,8 @@ class ReadRecords(beam.PTransform):
                 )
                 return pbegin | "Replay" >> replay_stream(arrivals)
             return pbegin | "Synthetic" >> ReadSynthetic(self._uri, streaming=self._streaming)
+        if scheme == PUBSUB:
+            return pbegin | "PubSub" >> ReadPubSubRecords(self._uri)
         path = _local_path(self._uri)
         if self._fmt == "avro":
             return pbegin | "AvroFiles" >> ReadAvroFiles(path)
@@ -93,4 +111,6 @@ class WriteRows(beam.PTransform):
         self._streaming = streaming
 
     def expand(self, rows):
+        if scheme_of(self._uri) == PUBSUB:
+            return rows | "PubSub" >> WritePubSubRows(self._uri)
         return rows | "JsonFiles" >> WriteJsonLines(_local_path(self._uri))
