@@ -96,6 +96,14 @@ def _json_type(value: Any) -> str:
 _AVRO_NULL_IS_ABSENT = ("value", "properties")
 
 
+def avro_nulls_as_absent(obj: dict[str, Any]) -> dict[str, Any]:
+    """Avro can only say "absent" with null: drop those optional fields so the contract's checks apply."""
+    for name in _AVRO_NULL_IS_ABSENT:
+        if obj.get(name, 0) is None:
+            del obj[name]
+    return obj
+
+
 def avro_decoder(writer_schema: dict[str, Any] | None = None) -> Decoder:
     """A decoder for schemaless Avro binary written with ``writer_schema`` (default: ``schemas/event.avsc``)."""
     reader_schema = schemas.event_avro_schema()
@@ -116,10 +124,7 @@ def avro_decoder(writer_schema: dict[str, Any] | None = None) -> Decoder:
                 None,
                 f"malformed Avro: {len(payload) - buffer.tell()} trailing bytes after the record",
             )
-        for name in _AVRO_NULL_IS_ABSENT:
-            if obj.get(name, 0) is None:
-                del obj[name]
-        return obj
+        return avro_nulls_as_absent(obj)
 
     return decode_avro
 

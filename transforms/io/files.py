@@ -17,6 +17,7 @@ from apache_beam import coders
 from apache_beam.io import fileio
 
 from transforms import dead_letter as dl
+from transforms.parse import avro_nulls_as_absent
 from transforms.records import SourceRecord
 
 
@@ -49,10 +50,7 @@ def read_avro_container(path: str, data: bytes) -> Iterator[SourceRecord]:
         for index, obj in enumerate(reader):  # noqa: B007 - index is reported on failure
             body = io.BytesIO()
             fastavro.schemaless_writer(body, writer_schema, obj)
-            for name in ("value", "properties"):
-                if obj.get(name, 0) is None:
-                    del obj[name]
-            yield SourceRecord(body.getvalue(), path, {"record": index}, obj)
+            yield SourceRecord(body.getvalue(), path, {"record": index}, avro_nulls_as_absent(obj))
     except Exception as exc:  # noqa: BLE001 - fastavro raises many types on a corrupt file; all become dead letters
         offset = stream.tell()
         reason = dl.Rejection(dl.MALFORMED_AVRO, None, f"unreadable Avro container after record {index}: {exc}"[:500])
