@@ -12,7 +12,10 @@ from collections.abc import Sequence
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from transforms.analytics import AnalyticsConfig
-from transforms.io import UnsupportedUri, check_sink, check_source, is_replay, is_unbounded
+from transforms.io import PUBSUB, UnsupportedUri, check_sink, check_source, is_replay, is_unbounded, scheme_of
+from transforms.io.bigquery import SCHEME as BIGQUERY
+from transforms.io.bigquery import STREAMING_INSERTS, check_write_method, resolve_endpoint
+from transforms.io.kafka import DEFAULT_CONSUMER_GROUP, DEFAULT_START_OFFSET, check_start_offset
 from transforms.parse import FORMATS
 from transforms.validate import CONTRACT_FIELDS
 from transforms.windowing import SLIDING, WINDOW_KINDS, WindowSpec
@@ -50,12 +53,40 @@ class AnalyticsOptions(PipelineOptions):
         )
         group.add_argument("--format", default="json", help=f"Record format: {' or '.join(FORMATS)}.")
         group.add_argument(
-            "--sink", default=DEFAULT_SINK, help="Aggregates: a path prefix for newline-delimited JSON files."
+            "--sink",
+            default=DEFAULT_SINK,
+            help="Aggregates: a path prefix for newline-delimited JSON files, or bigquery://PROJECT.DATASET.TABLE "
+            "(provisioned ahead: python -m pipelines.provision).",
         )
         group.add_argument(
             "--dead_letter_sink",
             default=DEFAULT_DEAD_LETTER_SINK,
-            help="Dead letters: a path prefix for newline-delimited JSON files, or pubsub://projects/P/topics/T.",
+            help="Dead letters: a path prefix for newline-delimited JSON files, pubsub://projects/P/topics/T or "
+            "bigquery://PROJECT.DATASET.TABLE.",
+        )
+        group.add_argument(
+            "--bigquery_write_method",
+            default=STREAMING_INSERTS,
+            help="How bigquery:// sinks write: STREAMING_INSERTS (tabledata.insertAll: at-least-once, best-effort "
+            "insertId dedup). STORAGE_WRITE_API is not supported yet (see docs/connectors-bigquery.md).",
+        )
+        group.add_argument(
+            "--bigquery_endpoint",
+            default=None,
+            help="A BigQuery emulator's URL for bigquery:// sinks, e.g. http://127.0.0.1:9050 (anonymous "
+            "credentials). Default: $BIGQUERY_EMULATOR_HOST if set, else Google's endpoint with the job's "
+            "credentials.",
+        )
+        group.add_argument(
+            "--kafka_consumer_group",
+            default=DEFAULT_CONSUMER_GROUP,
+            help="kafka:// sources: the Kafka consumer group (group.id) the pipeline reads as.",
+        )
+        group.add_argument(
+            "--kafka_start_offset",
+            default=DEFAULT_START_OFFSET,
+            help="kafka:// sources: where a consumer group without committed offsets starts: earliest or latest "
+            "(auto.offset.reset).",
         )
         group.add_argument("--window", default="fixed", help="Window kind: fixed, sliding or session.")
         group.add_argument("--window_size", default="60", help="Window size in seconds (fixed and sliding).")
@@ -151,11 +182,25 @@ def analytics_config(options: PipelineOptions) -> AnalyticsConfig:
         check_source(opts.source, opts.format)
     except (UnsupportedUri, ValueError) as exc:
         raise ConfigError(f"--source: {exc}") from None
+    if scheme_of(opts.sink) == PUBSUB:
+        raise ConfigError("--sink: aggregates cannot go to Pub/Sub (dead letters can: --dead_letter_sink)")
     for name in ("sink", "dead_letter_sink"):
         try:
             check_sink(getattr(opts, name))
-        except UnsupportedUri as exc:
+        except (UnsupportedUri, ValueError) as exc:  # ValueError: a malformed pubsub:// URI
             raise ConfigError(f"--{name}: {exc}") from None
+    bigquery_sink_settings(options)
+    try:
+        check_start_offset(opts.kafka_start_offset)
+    except ValueError as exc:
+        raise ConfigError(f"--kafka_start_offset {exc}") from None
+    if not (opts.kafka_consumer_group or "").strip():
+        raise ConfigError("--kafka_consumer_group must not be empty")
+    if is_replay(opts.source) and options.view_as(StandardOptions).runner not in (None, "", "DirectRunner"):
+        raise ConfigError(
+            "--source: mode=replay (and the default embedded demo) replays through TestStream, which only the "
+            "direct runner runs; give a pubsub://, kafka://, gs:// or synthetic:// (without mode=replay) source"
+        )
     if is_replay(opts.source) or is_unbounded(opts.source):
         streaming = True  # a replay is a stream on a simulated clock; a broker never ends
     return AnalyticsConfig(
@@ -169,9 +214,11 @@ def analytics_config(options: PipelineOptions) -> AnalyticsConfig:
     )
 
 
-def known_flags() -> set[str]:
-    """Every ``--flag`` any registered PipelineOptions class declares (to catch typos such as --windw_size)."""
-    parser = argparse.ArgumentParser(add_help=False, conflict_handler="resolve")
+def _all_options_parser() -> argparse.ArgumentParser:
+    """A parser with every option of every registered PipelineOptions class; it raises instead of exiting."""
+    parser = argparse.ArgumentParser(
+        add_help=False, conflict_handler="resolve", allow_abbrev=False, exit_on_error=False
+    )
     seen: set[type] = set()
     stack = list(PipelineOptions.__subclasses__())
     while stack:
@@ -181,8 +228,32 @@ def known_flags() -> set[str]:
         seen.add(cls)
         stack.extend(cls.__subclasses__())
         cls._add_argparse_args(parser)
+    return parser
+
+
+def bigquery_sink_settings(options: PipelineOptions) -> dict[str, str | None]:
+    """``--bigquery_write_method`` and the emulator endpoint (option, else env), validated: WriteRows keywords.
+
+    The endpoint is only resolved when a sink is ``bigquery://`` (a stray environment variable harms nothing else).
+    """
+    opts = options.view_as(AnalyticsOptions)
+    try:
+        method = check_write_method(opts.bigquery_write_method)
+    except ValueError as exc:
+        raise ConfigError(f"--bigquery_write_method: {exc}") from None
+    endpoint = None
+    if BIGQUERY in (scheme_of(opts.sink), scheme_of(opts.dead_letter_sink)):
+        try:
+            endpoint = resolve_endpoint(opts.bigquery_endpoint)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return {"bigquery_write_method": method, "bigquery_endpoint": endpoint}
+
+
+def known_flags() -> set[str]:
+    """Every ``--flag`` any registered PipelineOptions class declares (to catch typos such as --windw_size)."""
     flags: set[str] = set()
-    for action in parser._actions:
+    for action in _all_options_parser()._actions:
         flags.update(s for s in action.option_strings if s.startswith("--"))
     return flags
 
@@ -194,3 +265,8 @@ def check_unknown_flags(argv: Sequence[str]) -> None:
             flag = arg.split("=", 1)[0]
             if flag not in known:
                 raise ConfigError(f"unknown option {flag}; see --help for the options")
+    # Beam's own parsing would print argparse's usage and exit (e.g. "--window_size" without a value).
+    try:
+        _all_options_parser().parse_known_args(list(argv))
+    except argparse.ArgumentError as exc:
+        raise ConfigError(str(exc)) from None

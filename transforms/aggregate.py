@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import math
 from collections.abc import Iterable, Iterator
+from fractions import Fraction
 from typing import Any
 
 import apache_beam as beam
@@ -29,6 +30,11 @@ def add_float(partials: list[float], x: float) -> None:
         if abs(x) < abs(y):
             x, y = y, x
         hi = x + y
+        if math.isinf(hi):
+            # x + y is beyond the double range: keep y as a partial of its own, so the sum stays exact.
+            partials[i] = y
+            i += 1
+            continue
         lo = y - (hi - x)
         if lo:
             partials[i] = lo
@@ -65,7 +71,13 @@ class Accumulator:
         self.sketch.merge(other.sketch)
 
     def value_sum(self) -> float:
-        return math.fsum([*self.float_partials, self.int_sum])
+        # One rounding of the exact total (rounding int_sum to a double first would round twice); a total beyond
+        # the double range saturates to +-inf instead of failing the job.
+        exact = sum(map(Fraction, self.float_partials), Fraction(self.int_sum))
+        try:
+            return float(exact)
+        except OverflowError:
+            return math.inf if exact > 0 else -math.inf
 
     def __reduce__(self):
         return (_rebuild_accumulator, (self.count, self.int_sum, self.float_partials, self.sketch.to_bytes()))

@@ -6,8 +6,10 @@ never raise on bad input: they return a ``Rejection`` with the first failing che
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,7 +24,9 @@ from transforms.records import SourceRecord
 
 FORMAT_JSON = "json"
 FORMAT_AVRO = "avro"
-FORMATS = (FORMAT_JSON, FORMAT_AVRO)
+# Confluent wire format: magic byte 0, 4-byte big-endian schema id, schemaless Avro body (schemas/registry.json).
+FORMAT_CONFLUENT_AVRO = "confluent-avro"
+FORMATS = (FORMAT_JSON, FORMAT_AVRO, FORMAT_CONFLUENT_AVRO)
 
 METRICS_NAMESPACE = "realtime_analytics"
 
@@ -34,23 +38,42 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# Stands in for an integer literal longer than sys.get_int_max_str_digits() (4300 digits), which int() refuses
+# (and would convert in quadratic time): such a number is far beyond every range the contract accepts, so only
+# its sign matters (value -> invalid_value, event_time -> timestamp_out_of_range, other fields -> invalid_type).
+_HUGE_INT = 10**4300
+
+
+def _parse_int(literal: str) -> int:
+    try:
+        return int(literal)
+    except ValueError:
+        return -_HUGE_INT if literal.startswith("-") else _HUGE_INT
+
+
 def _strict_stdlib_loads(text: str) -> Any:
     """The slow, exact fallback: accepts all of RFC 8259 (huge integers, 1e999) but no NaN/Infinity."""
-    return json.loads(text, parse_constant=_reject_constant)
+    return json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int)
 
 
 def _has_lone_surrogate(value: Any) -> bool:
-    """True if a decoded JSON value holds a lone UTF-16 surrogate (``"\\ud800"``), which is not Unicode text."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_lone_surrogate(v) for v in value)
+    """True if a decoded JSON value holds a lone UTF-16 surrogate (``"\\ud800"``), which is not Unicode text.
+
+    Iterative: the fallback parser accepts nesting deeper than Python's recursion limit allows a recursive walk.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return False
 
 
@@ -73,6 +96,13 @@ def decode_json(payload: bytes) -> Decoded | Rejection:
             return Rejection(dl.MALFORMED_JSON, None, f"malformed JSON: {fast_error}")
         if _has_lone_surrogate(obj):
             return Rejection(dl.MALFORMED_JSON, None, "malformed JSON: string holds a lone UTF-16 surrogate escape")
+    else:
+        # orjson turns an integer outside [-2**63, 2**64) into a float (which rounds to at least 2**64 or at most
+        # -2**63); the contract keeps a `value` int as given, so let the exact parser read such a record.
+        value = obj.get("value") if type(obj) is dict else None
+        if type(value) is float and value.is_integer() and not -(2**63) < value < 2**64:
+            with contextlib.suppress(RecursionError):  # too deep for the exact parser: keep orjson's reading
+                obj = _strict_stdlib_loads(payload.decode("utf-8"))
     if type(obj) is not dict:
         return Rejection(dl.NOT_AN_OBJECT, None, f"top-level JSON value is {_json_type(obj)}, not an object")
     return obj
@@ -91,6 +121,9 @@ def _json_type(value: Any) -> str:
         return "an array"
     return "an object"
 
+
+# An object's default repr inside an exception message: its memory address would make dead letters differ run to run.
+_OBJECT_REPR = re.compile(r"\s*(?:from\s+)?<[^<>]* at 0x[0-9a-fA-F]+>")
 
 # Optional Avro fields whose null means "absent" in the contract (JSON null is a type error for these).
 _AVRO_NULL_IS_ABSENT = ("value", "properties")
@@ -117,7 +150,8 @@ def avro_decoder(writer_schema: dict[str, Any] | None = None) -> Decoder:
         except UnicodeDecodeError as exc:
             return Rejection(dl.INVALID_ENCODING, None, f"Avro string is not valid UTF-8: {exc.reason}")
         except Exception as exc:  # noqa: BLE001 - fastavro raises many types (EOFError, IndexError...) on garbage
-            return Rejection(dl.MALFORMED_AVRO, None, f"malformed Avro: {type(exc).__name__}: {exc}"[:500])
+            reason = _OBJECT_REPR.sub("", str(exc))  # fastavro names the stream ("<_io.BytesIO object at 0x..>")
+            return Rejection(dl.MALFORMED_AVRO, None, f"malformed Avro: {type(exc).__name__}: {reason}"[:500])
         if buffer.tell() != len(payload):
             return Rejection(
                 dl.MALFORMED_AVRO,
@@ -137,11 +171,43 @@ def decode_avro(payload: bytes) -> Decoded | Rejection:
 _DEFAULT_AVRO = avro_decoder()
 
 
+CONFLUENT_MAGIC = 0
+_CONFLUENT_HEADER = 5
+
+
+def confluent_avro_decoder(registry: dict[int, dict[str, Any]] | None = None) -> Decoder:
+    """A decoder for Confluent-framed Avro; writer schemas by id (default: ``schemas/registry.json``)."""
+    writers = schemas.confluent_schemas() if registry is None else registry
+    decoders = {schema_id: avro_decoder(schema) for schema_id, schema in writers.items()}
+    known = ", ".join(str(i) for i in sorted(decoders)) or "none"
+
+    def decode_confluent_avro(payload: bytes) -> Decoded | Rejection:
+        if len(payload) < _CONFLUENT_HEADER or payload[0] != CONFLUENT_MAGIC:
+            first = f"0x{payload[0]:02x}" if payload else "nothing"
+            return Rejection(
+                dl.MALFORMED_AVRO,
+                None,
+                f"not Confluent wire format: expected magic byte 0x00 and a 4-byte schema id, got {first} "
+                f"({len(payload)} bytes)",
+            )
+        schema_id = int.from_bytes(payload[1:_CONFLUENT_HEADER], "big")
+        decode = decoders.get(schema_id)
+        if decode is None:
+            return Rejection(
+                dl.MALFORMED_AVRO, None, f"unknown Confluent schema id {schema_id} (known ids: {known})"
+            )
+        return decode(payload[_CONFLUENT_HEADER:])
+
+    return decode_confluent_avro
+
+
 def decoder_for(fmt: str) -> Decoder:
     if fmt == FORMAT_JSON:
         return decode_json
     if fmt == FORMAT_AVRO:
         return decode_avro
+    if fmt == FORMAT_CONFLUENT_AVRO:
+        return confluent_avro_decoder()
     raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
 
 

@@ -57,7 +57,8 @@ def parse_rfc3339_us(text: str) -> int | None:
 def format_rfc3339_us(us: int) -> str:
     """RFC 3339 UTC with a ``Z``: whole seconds bare, else milliseconds or microseconds as needed."""
     dt = _EPOCH + timedelta(microseconds=us)
-    text = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    # Not strftime("%Y"): glibc does not zero-pad years below 1000, which RFC 3339 requires.
+    text = f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
     frac = us % US_PER_SECOND
     if frac == 0:
         return text + "Z"

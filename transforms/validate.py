@@ -7,6 +7,7 @@ failing check decides the record's single error code.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -156,7 +157,14 @@ KeyExtractor = Callable[[dict[str, Any], Any], "str | None"]
 def _stringify(value: Any) -> str | None:
     if value is None or type(value) is str:
         return value
-    return orjson.dumps(value).decode()
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits, or nesting deeper than orjson writes (254)
+        pass
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    except (ValueError, RecursionError):  # over 4300 digits, or too deep even for the stdlib: no usable key
+        return None
 
 
 def key_extractor(key_field: str) -> Callable[[dict[str, Any], dict[str, str] | None], str | None]:

@@ -31,7 +31,12 @@ class ReadJsonLines(beam.PTransform):
     def expand(self, pbegin):
         return (
             pbegin
-            | "ReadLines" >> beam.io.ReadFromTextWithFilename(self._pattern, coder=coders.BytesCoder())
+            # Remote globs are matched when the job runs, not while the graph is built (a launcher may lack
+            # access to the bucket, and building offline must not wait on it).
+            | "ReadLines"
+            >> beam.io.ReadFromTextWithFilename(
+                self._pattern, coder=coders.BytesCoder(), validate="://" not in self._pattern
+            )
             | "ToRecord" >> beam.MapTuple(lambda path, line: SourceRecord(line, path)).with_output_types(SourceRecord)
         )
 
@@ -88,6 +93,10 @@ class _ProcessAppender:
     def write(cls, prefix: str, lines: list[bytes]) -> None:
         with cls._lock:
             handle = cls._handles.get(prefix)
+            if handle is not None and os.fstat(handle.fileno()).st_nlink == 0:
+                # Its file was removed (the CLI clears a previous run's outputs): writing on would lose the rows.
+                handle.close()
+                handle = None
             if handle is None:
                 directory = os.path.dirname(prefix)
                 if directory:
