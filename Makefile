@@ -49,3 +49,12 @@ services-status: $(STAMP)  ## Show which local services run
 
 clean:  ## Remove outputs and build leftovers (keeps the download cache)
 	rm -rf output build dist *.egg-info .pytest_cache .ruff_cache
+
+.PHONY: template
+template: $(STAMP)  ## Check the flex template offline: metadata, Dockerfile pins, labels, scripts, Dataflow dry run
+	@$(PY) -m pipelines.template_metadata --check
+	@$(PY) -m pipelines.labels --check
+	@bash -n templates/deploy.sh && bash -n templates/schedule.sh
+	@if command -v shellcheck >/dev/null; then shellcheck templates/*.sh; else echo "shellcheck not installed: skipped"; fi
+	@$(PY) -m pytest -q tests/unit/test_template_metadata.py tests/unit/test_cloudbuild.py \
+		tests/unit/test_transform_labels.py tests/integration/test_dataflow_dry_run.py $(PYTEST_ARGS)

@@ -47,8 +47,9 @@ def is_direct(options: PipelineOptions) -> bool:
 
 
 def local_runner(options: PipelineOptions, streaming: bool) -> PipelineRunner | None:
-    """The runner object to use, or None to let Beam resolve ``--runner`` itself."""
+    """The runner object to use, or None to let Beam resolve ``--runner`` itself (Prism: cached binary filled in)."""
     if not is_direct(options):
+        fill_portable_runner_options(options)
         return None
     if streaming:
         from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
@@ -58,3 +59,67 @@ def local_runner(options: PipelineOptions, streaming: bool) -> PipelineRunner | 
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
     return FnApiRunner()
+
+
+# Prism (Beam's Go portable runner) built from the Go module proxy into .cache/go: Beam's PrismRunner would otherwise
+# download a release zip from GitHub, which is not reachable (and CI starts from a fresh clone).
+PRISM_VERSION = "v2.77.0"
+PRISM_RUNNERS = ("PrismRunner",)
+
+
+def prism_binary() -> str:
+    """Path of the cached ``prism`` binary; builds it with ``go install ...prism@PRISM_VERSION`` once (idempotent)."""
+    import os
+    import shutil
+    import subprocess
+
+    from pipelines.jars import CACHE_DIR, _locked
+
+    go_dir = CACHE_DIR / "go"
+    binary = go_dir / "path" / "bin" / "prism"
+    stamp = binary.with_name("prism.version")
+
+    def current() -> bool:
+        return binary.exists() and stamp.exists() and stamp.read_text().strip() == PRISM_VERSION
+
+    if current():
+        return str(binary)
+    with _locked():
+        if current():
+            return str(binary)
+        go = shutil.which("go")
+        if go is None:
+            raise RuntimeError("'go' is not on PATH: it builds Beam's Prism runner from the Go module proxy")
+        env = dict(
+            os.environ,
+            GOPATH=str(go_dir / "path"),
+            GOMODCACHE=str(go_dir / "mod"),
+            GOCACHE=str(go_dir / "build"),
+            GOTOOLCHAIN="local",
+            GOFLAGS="-buildvcs=false",
+        )
+        module = f"github.com/apache/beam/sdks/v2/go/cmd/prism@{PRISM_VERSION}"
+        done = subprocess.run([go, "install", module], env=env, capture_output=True, text=True, timeout=1800)
+        if done.returncode != 0 or not binary.exists():
+            raise RuntimeError(f"go install {module} failed (exit {done.returncode}): {done.stderr[-2000:]}")
+        stamp.write_text(PRISM_VERSION)
+    return str(binary)
+
+
+def fill_portable_runner_options(options: PipelineOptions) -> PipelineOptions:
+    """For ``--runner=PrismRunner`` without ``--prism_location``: points it at the cached binary (built on first use).
+
+    Also defaults ``--environment_type`` to LOOPBACK (Python workers in this process; no Docker). Other runners are
+    left alone. Returns ``options`` (changed in place).
+    """
+    from apache_beam.options.pipeline_options import PortableOptions, PrismRunnerOptions
+
+    if options.view_as(StandardOptions).runner not in PRISM_RUNNERS:
+        return options
+    prism = options.view_as(PrismRunnerOptions)
+    if not prism.prism_location:
+        prism.prism_location = prism_binary()
+    portable = options.view_as(PortableOptions)
+    if not portable.environment_type:
+        portable.environment_type = "LOOPBACK"
+    return options

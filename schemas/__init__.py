@@ -28,6 +28,16 @@ def event_avro_schema() -> dict[str, Any]:
 
 
 @cache
+def confluent_schemas() -> dict[int, dict[str, Any]]:
+    """Confluent schema id -> parsed Avro writer schema, from ``schemas/registry.json`` (id -> .avsc file name)."""
+    registry = json.loads(_read("registry.json"))
+    return {
+        int(schema_id): event_avro_schema() if name == "event.avsc" else fastavro.parse_schema(json.loads(_read(name)))
+        for schema_id, name in registry.items()
+    }
+
+
+@cache
 def bigquery_schema(table: str) -> tuple[dict[str, Any], ...]:
     """The BigQuery JSON schema (list of field dicts) of ``aggregates`` or ``dead_letter``."""
     return tuple(json.loads(_read(f"{table}.bq.json")))

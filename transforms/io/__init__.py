@@ -9,7 +9,11 @@ from urllib.parse import urlsplit
 
 import apache_beam as beam
 
+from transforms.io.bigquery import SCHEME as BIGQUERY
+from transforms.io.bigquery import STREAMING_INSERTS, WriteToBigQueryTable, parse_bigquery_uri
 from transforms.io.files import ReadAvroFiles, ReadJsonLines, WriteJsonLines
+from transforms.io.kafka import SCHEME as KAFKA
+from transforms.io.kafka import KafkaSettings, ReadKafkaRecords, WriteKafkaRows, parse_kafka_uri
 from transforms.io.pubsub import SCHEME as PUBSUB
 from transforms.io.pubsub import ReadPubSubRecords, WritePubSubRows, parse_pubsub_uri
 from transforms.io.replay import replay_stream
@@ -18,11 +22,19 @@ from transforms.io.synthetic import ReadSynthetic, generate, parse_synthetic_uri
 from transforms.records import SourceRecord
 
 SOURCE_SCHEMES = ("<path or glob>", "file://", "gs://", "synthetic://", "pubsub://")
-SINK_SCHEMES = ("<path prefix>", "file://", "pubsub:// (dead letters)")
+SINK_SCHEMES = (
+    "<path prefix>",
+    "file://",
+    "pubsub:// (dead letters)",
+    "kafka:// (dead letters)",
+    "bigquery://PROJECT.DATASET.TABLE",
+)
 # Beam filesystems the file source reads (gs:// needs Google credentials; local paths need nothing).
 FILE_SCHEMES = ("", "file", "gs")
 # Sources that never end: they make the pipeline a streaming one.
-UNBOUNDED_SCHEMES = (PUBSUB,)
+UNBOUNDED_SCHEMES = (PUBSUB, KAFKA)
+# Schemes whose transforms are Java (cross-language): they need an expansion service and a portable runner.
+CROSS_LANGUAGE_SCHEMES = (KAFKA,)
 
 
 class UnsupportedUri(ValueError):
@@ -43,9 +55,13 @@ def check_source(uri: str, fmt: str) -> None:
     """Raises UnsupportedUri/ValueError with a clear message if ``uri`` cannot be read in ``fmt``."""
     scheme = scheme_of(uri)
     if scheme == SYNTHETIC:
-        parse_synthetic_uri(uri)
+        generated = parse_synthetic_uri(uri).format
+        if generated != fmt:
+            raise ValueError(f"synthetic format={generated} does not match --format={fmt}; every record would fail")
     elif scheme == PUBSUB:
         parse_pubsub_uri(uri)
+    elif scheme == KAFKA:
+        parse_kafka_uri(uri)
     elif scheme not in FILE_SCHEMES:
         raise UnsupportedUri(f"unsupported source scheme {scheme!r}; supported: {', '.join(SOURCE_SCHEMES)}")
     elif not _local_path(uri):
@@ -54,9 +70,18 @@ def check_source(uri: str, fmt: str) -> None:
 
 def check_sink(uri: str) -> None:
     scheme = scheme_of(uri)
+    if scheme == BIGQUERY:
+        try:
+            parse_bigquery_uri(uri)
+        except ValueError as exc:
+            raise UnsupportedUri(str(exc)) from None
+        return
     if scheme == PUBSUB:
         if not parse_pubsub_uri(uri).is_topic:
             raise UnsupportedUri(f"a Pub/Sub sink must be a topic (pubsub://projects/P/topics/T), got {uri!r}")
+        return
+    if scheme == KAFKA:
+        parse_kafka_uri(uri)
         return
     if scheme not in ("", "file"):
         raise UnsupportedUri(f"unsupported sink scheme {scheme!r}; supported: {', '.join(SINK_SCHEMES)}")
@@ -72,15 +97,22 @@ def is_replay(uri: str) -> bool:
     return scheme_of(uri) == SYNTHETIC and parse_synthetic_uri(uri).mode == "replay"
 
 
+def is_cross_language(uri: str) -> bool:
+    return scheme_of(uri) in CROSS_LANGUAGE_SCHEMES
+
+
 class ReadRecords(beam.PTransform):
     """Any supported source URI -> SourceRecords (timestamped by arrival where the source knows it)."""
 
-    def __init__(self, uri: str, fmt: str = "json", streaming: bool = False) -> None:
+    def __init__(
+        self, uri: str, fmt: str = "json", streaming: bool = False, kafka: KafkaSettings | None = None
+    ) -> None:
         super().__init__()
         check_source(uri, fmt)
         self._uri = uri
         self._fmt = fmt
         self._streaming = streaming
+        self._kafka = kafka
 
     def expand(self, pbegin):
         scheme = scheme_of(self._uri)
@@ -95,6 +127,8 @@ class ReadRecords(beam.PTransform):
             return pbegin | "Synthetic" >> ReadSynthetic(self._uri, streaming=self._streaming)
         if scheme == PUBSUB:
             return pbegin | "PubSub" >> ReadPubSubRecords(self._uri)
+        if scheme == KAFKA:
+            return pbegin | "Kafka" >> ReadKafkaRecords(self._uri, self._kafka)
         path = _local_path(self._uri)
         if self._fmt == "avro":
             return pbegin | "AvroFiles" >> ReadAvroFiles(path)
@@ -102,15 +136,38 @@ class ReadRecords(beam.PTransform):
 
 
 class WriteRows(beam.PTransform):
-    """JSON-ready rows -> the sink named by ``uri``."""
+    """JSON-ready rows -> the sink named by ``uri``.
 
-    def __init__(self, uri: str, streaming: bool = False) -> None:
+    A BigQuery sink needs ``table_kind`` (``aggregates`` or ``dead_letter``) and returns the rows the table refused
+    as dead letters (``returns_failed_rows`` is then True); other sinks return nothing of use.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        streaming: bool = False,
+        table_kind: str | None = None,
+        bigquery_write_method: str = STREAMING_INSERTS,
+        bigquery_endpoint: str | None = None,
+        kafka: KafkaSettings | None = None,
+    ) -> None:
         super().__init__()
         check_sink(uri)
         self._uri = uri
         self._streaming = streaming
+        self._kafka = kafka
+        self.returns_failed_rows = scheme_of(uri) == BIGQUERY
+        self._bigquery = (
+            WriteToBigQueryTable(uri, table_kind, bigquery_write_method, streaming, bigquery_endpoint)
+            if self.returns_failed_rows
+            else None
+        )
 
     def expand(self, rows):
+        if self._bigquery is not None:
+            return rows | "BigQuery" >> self._bigquery
         if scheme_of(self._uri) == PUBSUB:
             return rows | "PubSub" >> WritePubSubRows(self._uri)
+        if scheme_of(self._uri) == KAFKA:
+            return rows | "Kafka" >> WriteKafkaRows(self._uri, self._kafka)
         return rows | "JsonFiles" >> WriteJsonLines(_local_path(self._uri))

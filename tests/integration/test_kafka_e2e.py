@@ -1,0 +1,189 @@
+"""Kafka (a real Apache Kafka 4.x broker) -> streaming pipeline on Prism -> aggregates + Kafka dead letters.
+
+A known mix is produced to a fresh topic: valid events in two windows, a redelivered duplicate, malformed and invalid
+records, and one event far later than the allowed lateness; once as JSON, once in the Confluent Avro wire format.
+The pipeline reads it from the earliest offset through Beam's cross-language KafkaIO (Java worker started by
+pipelines/jars.py, Prism built by pipelines/runners.py), and the test checks the exact final aggregates and reads
+every dead letter back from its topic: payload bytes, partition/offset metadata, key = error code.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+import uuid
+from collections import Counter
+
+import apache_beam as beam
+import fastavro
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+import schemas
+from pipelines.graph import build_pipeline
+from pipelines.runners import local_runner
+from pipelines.summary import final_panes, read_rows
+from transforms.timefmt import format_rfc3339_us, now_us
+
+MINUTE_US = 60_000_000
+DEADLINE_S = 110
+
+
+def _fields(event_id: str, at_us: int, user: str, value: int, event_type: str = "click") -> dict:
+    return {
+        "event_id": event_id,
+        "event_type": event_type,
+        "user_id": user,
+        "event_time": format_rfc3339_us(at_us),
+        "page": "/home",
+        "value": value,
+    }
+
+
+def _json(fields: dict) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def _confluent_avro(fields: dict, schema_id: int = 1, magic: bytes = b"\x00") -> bytes:
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, schemas.event_avro_schema(), {"properties": None, **fields})
+    return magic + schema_id.to_bytes(4, "big") + body.getvalue()
+
+
+def _mix(fmt: str, window_a: int) -> tuple[list[bytes], dict[bytes, str]]:
+    window_b = window_a + MINUTE_US
+    too_late_at = window_a - 30 * MINUTE_US  # far beyond the allowed lateness of 600 s
+    events = [
+        _fields("a1", window_a + 1_000_000, "u1", 1),
+        _fields("a2", window_a + 2_000_000, "u2", 2),
+        _fields("a3", window_a + 3_000_000, "u1", 4),
+        _fields("b1", window_b + 1_000_000, "u3", 8),
+        _fields("b2", window_b + 5_000_000, "u3", 16, event_type="purchase"),
+    ]
+    if fmt == "json":
+        valid = [_json(e) for e in events]
+        bad = {
+            b'{"event_id": "m1", ': "malformed_json",
+            b'{"event_id":"t1","event_type":"click","user_id":7,"event_time":"2024-01-01T00:00:00Z"}': "invalid_type",
+            b"\xff\xfe": "invalid_encoding",
+            _json(_fields("late1", too_late_at, "u9", 99)): "too_late",
+        }
+    else:
+        valid = [_confluent_avro(e) for e in events]
+        bad = {
+            _confluent_avro(_fields("x1", window_a, "u1", 1), magic=b"\x01"): "malformed_avro",  # bad magic byte
+            _confluent_avro(_fields("x2", window_a, "u1", 1), schema_id=42): "malformed_avro",  # unknown schema id
+            b"\x00\x00\x00\x00\x01\xff\xff\xff": "malformed_avro",  # truncated body
+            _confluent_avro(_fields("v1", window_a, "u1", 1, event_type="Click!")): "invalid_value",
+            _confluent_avro(_fields("late1", too_late_at, "u9", 99)): "too_late",
+        }
+    return valid, bad
+
+
+@pytest.fixture
+def topics(kafka_broker):
+    bootstrap = kafka_broker.bootstrap_servers
+    suffix = uuid.uuid4().hex[:8]
+    names = {"events": f"events-{suffix}", "dlq": f"dlq-{suffix}"}
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics(
+        [NewTopic(n, num_partitions=1, replication_factor=1) for n in names.values()]
+    ).values():
+        future.result(timeout=30)
+    return bootstrap, names
+
+
+def _produce(bootstrap: str, topic: str, payloads: list[bytes]) -> dict[bytes, tuple[int, int]]:
+    """Produces in order; returns payload -> (partition, offset) of its (last) delivery."""
+    delivered: dict[bytes, tuple[int, int]] = {}
+
+    def on_delivery(err, msg) -> None:
+        assert err is None, err
+        delivered[msg.value()] = (msg.partition(), msg.offset())
+
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for payload in payloads:
+        producer.produce(topic, value=payload, key=b"test-key", on_delivery=on_delivery)
+    assert producer.flush(30) == 0
+    return delivered
+
+
+@pytest.mark.parametrize("fmt", ["json", "confluent-avro"])
+def test_kafka_stream_gives_exact_aggregates_and_every_dead_letter(topics, tmp_path, fmt):
+    bootstrap, names = topics
+    window_a = (now_us() // MINUTE_US - 4) * MINUTE_US  # a minute window 3-4 minutes ago: late, within lateness
+    window_b = window_a + MINUTE_US
+    valid, bad = _mix(fmt, window_a)
+    # valid[0] again: a redelivery, dropped as a duplicate.
+    delivered = _produce(bootstrap, names["events"], [*valid, valid[0], *bad])
+    source = f"kafka://{bootstrap}/{names['events']}"
+    options = PipelineOptions(
+        [
+            f"--source={source}",
+            f"--format={fmt}",
+            f"--sink={tmp_path / 'aggregates'}",
+            f"--dead_letter_sink=kafka://{bootstrap}/{names['dlq']}",
+            f"--kafka_consumer_group=test-{uuid.uuid4().hex[:8]}",
+            "--kafka_start_offset=earliest",
+            "--allowed_lateness=600",
+            "--early_firing=2",
+            "--runner=PrismRunner",
+            "--streaming",
+        ]
+    )
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"check-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([names["dlq"]])
+    expected = {
+        (format_rfc3339_us(window_a), "click", "/home"): (3, 7.0, 2),
+        (format_rfc3339_us(window_b), "click", "/home"): (1, 8.0, 1),
+        (format_rfc3339_us(window_b), "purchase", "/home"): (1, 16.0, 1),
+    }
+    dead = []
+    finals = {}
+    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
+    build_pipeline(pipeline, options)
+    result = pipeline.run()
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None and message.error() is None:
+                dead.append(message)
+            _, rows = read_rows(str(tmp_path / "aggregates"))
+            finals = {
+                (g[0], g[2], g[3]): (r["event_count"], r["value_sum"], r["distinct_users"])
+                for g, r in final_panes(rows).items()
+            }
+            if finals == expected and len(dead) >= len(bad):
+                break
+    finally:
+        result.cancel()
+        consumer.close()
+
+    assert finals == expected
+    assert len(dead) == len(bad)
+    by_payload = {}
+    for message in dead:
+        row = json.loads(message.value())
+        payload = base64.b64decode(row["payload"])
+        by_payload[payload] = row
+        assert message.key() == row["error_code"].encode()
+        assert row["source"] == source
+        metadata = row["source_metadata"]
+        assert (metadata["partition"], metadata["offset"]) == delivered[payload]
+        assert metadata["topic"] == names["events"] and metadata["key"] == "test-key"
+        assert isinstance(metadata["timestamp"], int) and metadata["timestamp"] > 0
+    assert {payload: row["error_code"] for payload, row in by_payload.items()} == bad  # byte for byte
+    stages = Counter(row["stage"] for row in by_payload.values())
+    assert stages["window"] == 1 and stages["validate"] == 1 and sum(stages.values()) == len(bad)

@@ -1,0 +1,124 @@
+"""templates/metadata.json is generated from AnalyticsOptions, and its regexes agree with the real validation."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines import template_metadata as tm
+from pipelines.options import ConfigError, analytics_config
+
+ACTIONS = {a.dest: a for a in tm.option_actions()}
+
+
+def _accepted(name: str, value: str) -> bool:
+    """Does the pipeline's own validation take ``--name=value`` (with the other options it needs)?"""
+    argv = [*tm.PARAMS[name].context_for(value), f"--{name}={value}"]
+    try:
+        analytics_config(PipelineOptions(argv))
+    except ConfigError:
+        return False
+    return True
+
+
+def _matches(name: str, value: str) -> bool:
+    return re.fullmatch(tm.PARAMS[name].regex, value) is not None
+
+
+def test_committed_metadata_is_the_generated_one():
+    committed = tm.METADATA.read_text()
+    assert committed == tm.render(tm.build_metadata()), "stale: python -m pipelines.template_metadata --write"
+
+
+def test_metadata_is_a_valid_template_metadata():
+    assert tm.metadata_problems(tm.METADATA.read_text()) == []
+
+
+def test_every_option_is_a_parameter_with_its_help():
+    metadata = json.loads(tm.METADATA.read_text())
+    by_name = {p["name"]: p for p in metadata["parameters"]}
+    assert list(by_name) == [a.dest for a in tm.option_actions()]
+    for name, action in ACTIONS.items():
+        param = by_name[name]
+        assert param["label"] and param["helpText"].startswith(" ".join(action.help.split())[:40])
+        assert param["regexes"] == [tm.PARAMS[name].regex]
+        assert param["isOptional"] is not tm.PARAMS[name].required
+        if action.default is not None and not tm.PARAMS[name].required:
+            assert param["defaultValue"] == str(action.default)
+
+
+def test_table_and_options_cannot_drift(monkeypatch):
+    monkeypatch.delitem(tm.PARAMS, "window_size")
+    with pytest.raises(KeyError, match="add \\['window_size'\\]"):
+        tm.build_metadata()
+
+
+@pytest.mark.parametrize("name", sorted(tm.PARAMS))
+def test_regex_accepts_the_default_and_documented_values(name):
+    param = tm.PARAMS[name]
+    default = ACTIONS[name].default
+    values = [*param.examples, *([str(default)] if default is not None else [])]
+    for value in values:
+        assert _matches(name, value), f"--{name}: regex rejects {value!r}"
+        assert _accepted(name, value), f"--{name}: the pipeline rejects documented value {value!r}"
+    for value in param.enum:
+        assert _matches(name, value) and _accepted(name, value)
+
+
+@pytest.mark.parametrize("name", sorted(tm.PARAMS))
+def test_regex_rejects_bad_values_the_pipeline_rejects_too(name):
+    param = tm.PARAMS[name]
+    assert param.bad, f"--{name}: give at least one bad value"
+    for value in param.bad:
+        assert not _matches(name, value), f"--{name}: regex accepts bad value {value!r}"
+        assert not _accepted(name, value), f"--{name}: {value!r} listed as bad, but the pipeline accepts it"
+
+
+@pytest.mark.parametrize("name", sorted(tm.PARAMS))
+def test_documented_differences_from_the_validation_are_real(name):
+    param = tm.PARAMS[name]
+    for value in param.stricter:
+        assert not _matches(name, value) and _accepted(name, value), f"--{name}: {value!r} is not 'stricter'"
+    for value in param.lenient:
+        assert _matches(name, value) and not _accepted(name, value), f"--{name}: {value!r} is not 'lenient'"
+
+
+def test_obvious_bad_values_from_the_issue():
+    assert not _matches("window", "weekly")
+    assert not _matches("window_size", "-1")
+
+
+def test_regexes_are_portable_and_anchored():
+    bad = {"^\\d+$": "POSIX", "^(?:a|b)$": "POSIX", "a+": "anchored", "^[[:digit:]]+$": "POSIX"}
+    for regex, why in bad.items():
+        text = json.dumps(
+            {"name": "t", "parameters": [{"name": "x", "label": "X", "helpText": "h", "regexes": [regex]}]}
+        )
+        assert any(why in p for p in tm.metadata_problems(text)), regex
+
+
+def test_schema_check_rejects_unknown_fields():
+    text = json.dumps({"name": "t", "parameters": [{"name": "x", "label": "X", "helptext": "h"}]})
+    assert any("not a valid TemplateMetadata" in p for p in tm.metadata_problems(text))
+
+
+def test_dockerfile_is_pinned_and_complete():
+    assert tm.dockerfile_problems(tm.DOCKERFILE.read_text()) == []
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("FROM apache/beam_python3.11_sdk:latest", "latest"),
+        ("FROM apache/beam_python3.11_sdk", "not pinned"),
+        ("ARG IMG\nFROM ${IMG}", "without a pinned default"),
+        ("COPY --from=gcr.io/x/launcher:latest /a /b", "latest"),
+        ("FROM ubuntu@sha256:abc", "malformed digest"),
+    ],
+)
+def test_dockerfile_lint_catches_unpinned_images(line, problem):
+    text = tm.DOCKERFILE.read_text() + "\n" + line + "\n"
+    assert any(problem in p for p in tm.dockerfile_problems(text))
