@@ -136,7 +136,8 @@ def aggregate_row(
         "event_type": event_type,
         "key": key,
         "event_count": count,
-        "value_sum": value_sum,
+        # JSON and BigQuery have no infinity: a total beyond the double range is null (the column is NULLABLE).
+        "value_sum": value_sum if math.isfinite(value_sum) else None,
         "distinct_users": distinct,
         "distinct_users_sketch": base64.b64encode(sketch).decode("ascii"),
         "pane_timing": _TIMING.get(pane.timing, "UNKNOWN"),

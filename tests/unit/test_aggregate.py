@@ -278,3 +278,12 @@ def test_windowed_aggregates_after_window_events_batch():
             | beam.Map(_strip)
         )
         assert_that(rows, equal_to(_expected()))
+
+
+def test_a_total_beyond_the_double_range_is_written_as_null():
+    from apache_beam.transforms.window import IntervalWindow
+    from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
+
+    pane = PaneInfo(True, True, PaneInfoTiming.ON_TIME, 0, 0)
+    row = aggregate_row(("click", None), (2, float("inf"), 1, b"s"), IntervalWindow(0, 60), pane, 0)
+    assert row["value_sum"] is None and row["event_count"] == 2
