@@ -80,6 +80,9 @@ def run(argv: Sequence[str]) -> RunSummary:
         summary.aggregate_files, summary.aggregate_rows = read_rows(sink)
     if dead_letter_sink:
         summary.dead_letter_files, summary.dead_letter_rows = read_rows(dead_letter_sink)
+    summary.remote_sinks = [
+        uri for uri, local in ((opts.sink, sink), (opts.dead_letter_sink, dead_letter_sink)) if not local
+    ]
     return summary
 
 

@@ -54,6 +54,8 @@ class RunSummary:
     dead_letter_files: list[str] = field(default_factory=list)
     aggregate_rows: list[dict[str, Any]] = field(default_factory=list)
     dead_letter_rows: list[dict[str, Any]] = field(default_factory=list)
+    # Where results went when not to local files (BigQuery, Pub/Sub, Kafka): the summary cannot read them back.
+    remote_sinks: list[str] = field(default_factory=list)
 
     @property
     def finals(self) -> dict[tuple, dict[str, Any]]:
@@ -102,11 +104,16 @@ class RunSummary:
             f"{len(self.dead_letter_rows)} dead letters + {duplicates} duplicates: "
             + ("ok" if self.conserved() else "MISMATCH"),
         ]
+        if self.remote_sinks:
+            lines[-1] = (
+                f"  {'conservation':<24}not checked here: results went to {', '.join(self.remote_sinks)} "
+                "(count them there: read = final-pane event_count + dead letters + duplicates)"
+            )
         if keys:
             lines += ["", "  top event_type / key by events:"]
             for name, count in keys.most_common(5):
                 lines.append(f"      {name:<40}{count:>6}")
         lines += ["", "  files:"]
-        for path in self.aggregate_files + self.dead_letter_files:
+        for path in self.aggregate_files + self.dead_letter_files + self.remote_sinks:
             lines.append(f"      {path}")
         return "\n".join(lines)
