@@ -11,8 +11,14 @@ from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from transforms.analytics import AnalyticsConfig
-from transforms.io import PUBSUB, UnsupportedUri, check_sink, check_source, is_replay, is_unbounded, scheme_of
+from transforms.analytics import (
+    TIMESTAMP_KAFKA,
+    TIMESTAMP_PAYLOAD,
+    TIMESTAMP_PUBLISH_TIME,
+    TIMESTAMP_SOURCES,
+    AnalyticsConfig,
+)
+from transforms.io import KAFKA, PUBSUB, UnsupportedUri, check_sink, check_source, is_replay, is_unbounded, scheme_of
 from transforms.io.bigquery import SCHEME as BIGQUERY
 from transforms.io.bigquery import STREAMING_INSERTS, check_write_method, resolve_endpoint
 from transforms.io.kafka import DEFAULT_CONSUMER_GROUP, DEFAULT_START_OFFSET, check_start_offset
@@ -87,6 +93,13 @@ class AnalyticsOptions(PipelineOptions):
             default=DEFAULT_START_OFFSET,
             help="kafka:// sources: where a consumer group without committed offsets starts: earliest or latest "
             "(auto.offset.reset).",
+        )
+        group.add_argument(
+            "--timestamp_source",
+            default=TIMESTAMP_PAYLOAD,
+            help="Event time: payload (the record's event_time, default), publish_time (pubsub:// sources) or "
+            "kafka_timestamp (kafka:// sources). Taken by the pipeline itself, so it behaves the same on every "
+            "runner.",
         )
         group.add_argument("--window", default="fixed", help="Window kind: fixed, sliding or session.")
         group.add_argument("--window_size", default="60", help="Window size in seconds (fixed and sliding).")
@@ -203,6 +216,7 @@ def analytics_config(options: PipelineOptions) -> AnalyticsConfig:
         )
     if is_replay(opts.source) or is_unbounded(opts.source):
         streaming = True  # a replay is a stream on a simulated clock; a broker never ends
+    _check_timestamp_source(opts.timestamp_source, scheme_of(opts.source))
     return AnalyticsConfig(
         format=opts.format,
         max_payload_bytes=_integer(opts, "max_payload_bytes", 1),
@@ -211,7 +225,16 @@ def analytics_config(options: PipelineOptions) -> AnalyticsConfig:
         dedup_horizon_s=_integer(opts, "dedup_horizon", 0),
         window=spec,
         streaming=streaming,
+        timestamp_source=opts.timestamp_source,
     )
+
+
+def _check_timestamp_source(value: str, source_scheme: str) -> None:
+    needs = {TIMESTAMP_PUBLISH_TIME: PUBSUB, TIMESTAMP_KAFKA: KAFKA}
+    if value not in TIMESTAMP_SOURCES:
+        raise ConfigError(f"--timestamp_source must be one of {', '.join(TIMESTAMP_SOURCES)}, got {value!r}")
+    if value in needs and source_scheme != needs[value]:
+        raise ConfigError(f"--timestamp_source={value} needs a {needs[value]}:// source")
 
 
 def _all_options_parser() -> argparse.ArgumentParser:

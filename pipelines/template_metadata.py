@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.options import AnalyticsOptions
+from transforms.analytics import TIMESTAMP_SOURCES
 from transforms.parse import FORMATS
 from transforms.windowing import WINDOW_KINDS
 
@@ -154,6 +155,14 @@ PARAMS: dict[str, Param] = {
         label="Kafka start offset",
         param_type="ENUM",
         enum=("earliest", "latest"),
+    ),
+    "timestamp_source": Param(
+        regex=f"^({'|'.join(TIMESTAMP_SOURCES)})$",
+        examples=TIMESTAMP_SOURCES,
+        bad=("event_time", "Payload", ""),
+        label="Event time source",
+        param_type="ENUM",
+        enum=TIMESTAMP_SOURCES,
     ),
     "window": Param(
         regex=f"^({'|'.join(WINDOW_KINDS)})$",

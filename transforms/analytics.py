@@ -22,6 +22,12 @@ from transforms.windowing import SAFETY_MARGIN_S, FilterTooLate, WindowEvents, W
 AGGREGATES = "aggregates"
 DEAD_LETTERS = "dead_letters"
 
+# Where event time comes from: the payload's event_time, or the source's own timestamp of the record.
+TIMESTAMP_PAYLOAD = "payload"
+TIMESTAMP_PUBLISH_TIME = "publish_time"
+TIMESTAMP_KAFKA = "kafka_timestamp"
+TIMESTAMP_SOURCES = (TIMESTAMP_PAYLOAD, TIMESTAMP_PUBLISH_TIME, TIMESTAMP_KAFKA)
+
 
 @dataclass(frozen=True)
 class AnalyticsConfig:
@@ -37,10 +43,19 @@ class AnalyticsConfig:
     # Dedup implementation: "auto" (group-by for bounded input, keyed state + timer for streaming), or forced
     # "state", "group", "beam" (Beam's DeduplicatePerKey), "off". Only benchmarks force one (docs/benchmarks.md).
     dedup_impl: str = "auto"
+    timestamp_source: str = TIMESTAMP_PAYLOAD
 
 
 def _with_event_time(event: Event) -> beam.window.TimestampedValue:
     return beam.window.TimestampedValue(event, Timestamp(micros=event.event_time_us))
+
+
+def _with_source_time(event: Event) -> beam.window.TimestampedValue:
+    # The source's timestamp (publish time, Kafka timestamp) becomes the event time for everything downstream:
+    # windows, dedup horizon and the too-late check (which can then never fire: arrival is the event time).
+    return beam.window.TimestampedValue(
+        event._replace(event_time_us=event.arrival_us), Timestamp(micros=event.arrival_us)
+    )
 
 
 def _count_dead_letter(row: dict) -> dict:
@@ -65,7 +80,8 @@ class StreamingAnalytics(beam.PTransform):
         cfg = self._config
         parsed = records | "ParseEvents" >> ParseEvents(cfg.format, cfg.max_payload_bytes)
         validated = parsed.parsed | "ValidateEvents" >> ValidateEvents(cfg.key_field, cfg.max_clock_skew_s)
-        timed = validated.valid | "AssignEventTime" >> beam.Map(_with_event_time).with_output_types(Event)
+        stamp = _with_event_time if cfg.timestamp_source == TIMESTAMP_PAYLOAD else _with_source_time
+        timed = validated.valid | "AssignEventTime" >> beam.Map(stamp).with_output_types(Event)
         unique = timed | "DeduplicateEvents" >> DeduplicateEvents(
             cfg.dedup_horizon_s, cfg.dedup_impl, bounded=not cfg.streaming
         )

@@ -193,9 +193,7 @@ def confluent_avro_decoder(registry: dict[int, dict[str, Any]] | None = None) ->
         schema_id = int.from_bytes(payload[1:_CONFLUENT_HEADER], "big")
         decode = decoders.get(schema_id)
         if decode is None:
-            return Rejection(
-                dl.MALFORMED_AVRO, None, f"unknown Confluent schema id {schema_id} (known ids: {known})"
-            )
+            return Rejection(dl.MALFORMED_AVRO, None, f"unknown Confluent schema id {schema_id} (known ids: {known})")
         return decode(payload[_CONFLUENT_HEADER:])
 
     return decode_confluent_avro

@@ -10,7 +10,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to, equal_to_per_window
-from apache_beam.transforms.window import IntervalWindow
+from apache_beam.transforms.window import IntervalWindow, TimestampedValue
 
 from pipelines.runners import local_runner
 from tests.streaming.timeline import at, iso, pane, record, stream
@@ -202,3 +202,27 @@ def test_duplicates_and_bad_records_in_a_stream(early_firing_s):
         )
 
     run_timeline(timeline, spec, check)
+
+
+def test_source_timestamps_replace_the_payload_event_time():
+    # --timestamp_source=publish_time (or kafka_timestamp): windows follow arrival, whatever event_time says.
+    spec = WindowSpec(FIXED, size_s=60, allowed_lateness_s=0, early_firing_s=0)
+    timeline = (
+        stream()
+        .advance_watermark_to(at(0))
+        .add_elements([TimestampedValue(record("a", -5000), at(10))])  # payload says long ago; arrived at 10
+        .add_elements([TimestampedValue(record("b", 9000), at(70))])  # payload says far ahead; arrived at 70
+        .advance_watermark_to_infinity()
+    )
+    options = PipelineOptions(streaming=True)
+    config = AnalyticsConfig(window=spec, streaming=True, timestamp_source="publish_time")
+    with beam.Pipeline(runner=local_runner(options, streaming=True), options=options) as p:
+        outputs = p | timeline | StreamingAnalytics(config)
+        assert_that(
+            panes_of(outputs[AGGREGATES]),
+            equal_to_per_window(
+                {window(0, 60): [(iso(0), "ON_TIME", 0, 1, 0.0)], window(60, 120): [(iso(60), "ON_TIME", 0, 1, 0.0)]}
+            ),
+            use_global_window=False,
+        )
+        assert_that(outputs[DEAD_LETTERS], equal_to([]), label="NothingTooLate")

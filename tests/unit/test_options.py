@@ -181,3 +181,25 @@ def test_config_error_is_a_value_error_naming_the_option():
     with pytest.raises(ConfigError, match="--window_period"):
         config("--source=in.jsonl", "--window=sliding", "--window_size=60", "--window_period=7")
     assert issubclass(ConfigError, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--source=in.jsonl", "--timestamp_source=publish_time"], "needs a pubsub:// source"),
+        (["--source=in.jsonl", "--timestamp_source=kafka_timestamp"], "needs a kafka:// source"),
+        (["--source=in.jsonl", "--timestamp_source=arrival"], "--timestamp_source must be one of"),
+    ],
+)
+def test_timestamp_source_must_fit_the_source(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        analytics_config(PipelineOptions(argv))
+
+
+def test_timestamp_source_reaches_the_config():
+    config = analytics_config(
+        PipelineOptions(
+            ["--source=pubsub://projects/my-project/subscriptions/events", "--timestamp_source=publish_time"]
+        )
+    )
+    assert config.timestamp_source == "publish_time" and config.streaming
