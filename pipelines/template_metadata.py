@@ -163,6 +163,11 @@ PARAMS: dict[str, Param] = {
         label="Event time source",
         param_type="ENUM",
         enum=TIMESTAMP_SOURCES,
+        note="publish_time needs a pubsub:// source, kafka_timestamp a kafka:// source",
+        context={
+            "publish_time": ("--source=pubsub://projects/my-project/subscriptions/events",),
+            "kafka_timestamp": ("--source=kafka://127.0.0.1:9092/events",),
+        },
     ),
     "window": Param(
         regex=f"^({'|'.join(WINDOW_KINDS)})$",
