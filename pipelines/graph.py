@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.options import AnalyticsOptions, analytics_config, bigquery_sink_settings
 from pipelines.runners import is_direct
@@ -43,6 +43,11 @@ def kafka_settings(options: PipelineOptions) -> KafkaSettings | None:
 def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> PipelineOutputs:
     """Adds read -> analytics -> write to ``p``. Raises ConfigError for bad options (before adding anything)."""
     config = analytics_config(options)
+    if config.streaming:
+        # Replays and broker sources are streams whether or not --streaming was given; Beam's I/O checks the flag
+        # on the pipeline's own copy of the options (Pipeline deep-copies them).
+        options.view_as(StandardOptions).streaming = True
+        p.options.view_as(StandardOptions).streaming = True
     opts = options.view_as(AnalyticsOptions)
     source = opts.source
     if config.streaming and is_direct(options) and scheme_of(source) == SYNTHETIC and not is_replay(source):

@@ -1,0 +1,94 @@
+"""Pub/Sub (pstest) -> streaming pipeline -> BigQuery emulator: exact final aggregates and every dead letter.
+
+The known mix: valid events in two windows, a duplicate publish and a redelivery of the same event, malformed,
+invalid and too-late records. Aggregates and dead letters both land in provisioned BigQuery tables.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.graph import build_pipeline
+from pipelines.runners import local_runner
+from pipelines.summary import final_panes
+from tests.integration.test_bigquery_sink import Dataset, _aggregates, _dead_letters
+from tests.integration.test_pubsub_e2e import MINUTE_US, PROJECT, _event
+from transforms.timefmt import format_rfc3339_us, now_us
+
+
+@pytest.fixture
+def dataset(bigquery_emulator):
+    ds = Dataset(bigquery_emulator)
+    yield ds
+    ds.drop()
+
+
+def test_pubsub_to_bigquery_exact_aggregates_and_dead_letters(pubsub_emulator, dataset, monkeypatch):
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
+    publisher, subscriber = pubsub_emulator.publisher(), pubsub_emulator.subscriber()
+    suffix = uuid.uuid4().hex[:8]
+    topic, subscription = f"projects/{PROJECT}/topics/in-{suffix}", f"projects/{PROJECT}/subscriptions/in-{suffix}"
+    publisher.create_topic(name=topic)
+    subscriber.create_subscription(name=subscription, topic=topic)
+
+    window_a = (now_us() // MINUTE_US - 4) * MINUTE_US
+    window_b = window_a + MINUTE_US
+    valid = [
+        _event("a1", window_a + 1_000_000, "u1", 1),
+        _event("a2", window_a + 2_000_000, "u2", 2, page="/cart"),
+        _event("a3", window_a + 3_000_000, "u1", 4),
+        _event("b1", window_b + 1_000_000, "u3", 8),
+    ]
+    bad = {
+        b'{"event_id": "m1", ': "malformed_json",
+        b'{"event_id":"t1","event_type":"Click","user_id":"u","event_time":"2024-01-01T00:00:00Z"}': "invalid_value",
+        b"[1, 2, 3]": "not_an_object",
+        _event("late1", window_a - 30 * MINUTE_US, "u9", 99): "too_late",
+    }
+    options = PipelineOptions(
+        [
+            f"--source=pubsub://{subscription}",
+            f"--sink={dataset.uri('aggregates')}",
+            f"--dead_letter_sink={dataset.uri('dead_letter')}",
+            f"--bigquery_endpoint={dataset.emulator.endpoint}",
+            "--allowed_lateness=600",
+        ]
+    )
+    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
+    build_pipeline(pipeline, options)
+    result = pipeline.run()
+    expected = {
+        (format_rfc3339_us(window_a), "click", "/home"): (2, 5.0, 1),
+        (format_rfc3339_us(window_a), "click", "/cart"): (1, 2.0, 1),
+        (format_rfc3339_us(window_b), "click", "/home"): (1, 8.0, 1),
+    }
+    finals: dict = {}
+    dead: list = []
+    try:
+        # a1 twice: a duplicate publish (new message id) of the same event, dropped by the event_id dedup.
+        for payload in [*valid, valid[0], *bad]:
+            publisher.publish(topic, payload, origin="e2e").result(timeout=30)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            finals = {
+                (g[0], g[2], g[3]): (r["event_count"], r["value_sum"], r["distinct_users"])
+                for g, r in final_panes(_aggregates(dataset.client, dataset.table("aggregates"))).items()
+            }
+            dead = _dead_letters(dataset.client, dataset.table("dead_letter"))
+            if finals == expected and len(dead) >= len(bad):
+                break
+            time.sleep(1)
+    finally:
+        result.cancel()
+
+    assert finals == expected
+    assert {base64.b64decode(row["payload"]): row["error_code"] for row in dead} == bad  # the original bytes
+    for row in dead:
+        assert row["source"] == subscription and row["failed_at"].endswith("Z")
+        assert row["stage"] == {"too_late": "window", "invalid_value": "validate"}.get(row["error_code"], "parse")
