@@ -187,3 +187,53 @@ def test_kafka_stream_gives_exact_aggregates_and_every_dead_letter(topics, tmp_p
     assert {payload: row["error_code"] for payload, row in by_payload.items()} == bad  # byte for byte
     stages = Counter(row["stage"] for row in by_payload.values())
     assert stages["window"] == 1 and stages["validate"] == 1 and sum(stages.values()) == len(bad)
+
+
+def test_kafka_to_bigquery_exact_aggregates_and_dead_letters(topics, bigquery_emulator):
+    """Kafka -> Prism -> BigQuery emulator: both tables hold exactly the expected final aggregates and dead letters."""
+    from tests.integration.test_bigquery_sink import Dataset, _aggregates, _dead_letters
+
+    bootstrap, names = topics
+    dataset = Dataset(bigquery_emulator)
+    window_a = (now_us() // MINUTE_US - 4) * MINUTE_US
+    window_b = window_a + MINUTE_US
+    valid, bad = _mix("json", window_a)
+    _produce(bootstrap, names["events"], [*valid, valid[0], *bad])
+    options = PipelineOptions(
+        [
+            f"--source=kafka://{bootstrap}/{names['events']}",
+            f"--sink={dataset.uri('aggregates')}",
+            f"--dead_letter_sink={dataset.uri('dead_letter')}",
+            f"--bigquery_endpoint={bigquery_emulator.endpoint}",
+            f"--kafka_consumer_group=test-{uuid.uuid4().hex[:8]}",
+            "--kafka_start_offset=earliest",
+            "--allowed_lateness=600",
+            "--runner=PrismRunner",
+        ]
+    )
+    expected = {
+        (format_rfc3339_us(window_a), "click", "/home"): (3, 7.0, 2),
+        (format_rfc3339_us(window_b), "click", "/home"): (1, 8.0, 1),
+        (format_rfc3339_us(window_b), "purchase", "/home"): (1, 16.0, 1),
+    }
+    finals: dict = {}
+    dead: list = []
+    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
+    build_pipeline(pipeline, options)
+    result = pipeline.run()
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline:
+            finals = {
+                (g[0], g[2], g[3]): (r["event_count"], r["value_sum"], r["distinct_users"])
+                for g, r in final_panes(_aggregates(dataset.client, dataset.table("aggregates"))).items()
+            }
+            dead = _dead_letters(dataset.client, dataset.table("dead_letter"))
+            if finals == expected and len(dead) >= len(bad):
+                break
+            time.sleep(1)
+    finally:
+        result.cancel()
+        dataset.drop()
+    assert finals == expected
+    assert {base64.b64decode(row["payload"]): row["error_code"] for row in dead} == bad
