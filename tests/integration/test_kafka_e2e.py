@@ -26,7 +26,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 import schemas
 from pipelines.graph import build_pipeline
 from pipelines.runners import local_runner
-from pipelines.summary import final_panes, read_rows
+from pipelines.summary import read_rows
+from tests.integration.results import final_counts, wait_for_bigquery
 from transforms.timefmt import format_rfc3339_us, now_us
 
 MINUTE_US = 60_000_000
@@ -160,11 +161,7 @@ def test_kafka_stream_gives_exact_aggregates_and_every_dead_letter(topics, tmp_p
             message = consumer.poll(0.5)
             if message is not None and message.error() is None:
                 dead.append(message)
-            _, rows = read_rows(str(tmp_path / "aggregates"))
-            finals = {
-                (g[0], g[2], g[3]): (r["event_count"], r["value_sum"], r["distinct_users"])
-                for g, r in final_panes(rows).items()
-            }
+            finals = final_counts(read_rows(str(tmp_path / "aggregates"))[1])
             if finals == expected and len(dead) >= len(bad):
                 break
     finally:
@@ -191,7 +188,7 @@ def test_kafka_stream_gives_exact_aggregates_and_every_dead_letter(topics, tmp_p
 
 def test_kafka_to_bigquery_exact_aggregates_and_dead_letters(topics, bigquery_emulator):
     """Kafka -> Prism -> BigQuery emulator: both tables hold exactly the expected final aggregates and dead letters."""
-    from tests.integration.test_bigquery_sink import Dataset, _aggregates, _dead_letters
+    from tests.integration.test_bigquery_sink import Dataset
 
     bootstrap, names = topics
     dataset = Dataset(bigquery_emulator)
@@ -216,22 +213,11 @@ def test_kafka_to_bigquery_exact_aggregates_and_dead_letters(topics, bigquery_em
         (format_rfc3339_us(window_b), "click", "/home"): (1, 8.0, 1),
         (format_rfc3339_us(window_b), "purchase", "/home"): (1, 16.0, 1),
     }
-    finals: dict = {}
-    dead: list = []
     pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
     build_pipeline(pipeline, options)
     result = pipeline.run()
     try:
-        deadline = time.monotonic() + DEADLINE_S
-        while time.monotonic() < deadline:
-            finals = {
-                (g[0], g[2], g[3]): (r["event_count"], r["value_sum"], r["distinct_users"])
-                for g, r in final_panes(_aggregates(dataset.client, dataset.table("aggregates"))).items()
-            }
-            dead = _dead_letters(dataset.client, dataset.table("dead_letter"))
-            if finals == expected and len(dead) >= len(bad):
-                break
-            time.sleep(1)
+        finals, dead = wait_for_bigquery(dataset, expected, len(bad), timeout_s=DEADLINE_S)
     finally:
         result.cancel()
         dataset.drop()

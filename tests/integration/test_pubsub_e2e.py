@@ -20,7 +20,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.graph import build_pipeline
 from pipelines.runners import local_runner
-from pipelines.summary import final_panes, read_rows
+from pipelines.summary import read_rows
+from tests.integration.results import final_counts
 from transforms.timefmt import format_rfc3339_us, now_us
 
 PROJECT = "local-project"
@@ -125,11 +126,7 @@ def test_pubsub_stream_gives_exact_aggregates_and_every_dead_letter(topics, tmp_
         }
         finals = {}
         while time.monotonic() < deadline:
-            _, rows = read_rows(str(tmp_path / "aggregates"))
-            finals = {
-                (g[0], g[2], g[3]): (r["event_count"], r["value_sum"], r["distinct_users"])
-                for g, r in final_panes(rows).items()
-            }
+            finals = final_counts(read_rows(str(tmp_path / "aggregates"))[1])
             if finals == expected:
                 break
             time.sleep(0.5)

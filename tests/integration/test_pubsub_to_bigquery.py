@@ -7,7 +7,6 @@ invalid and too-late records. Aggregates and dead letters both land in provision
 from __future__ import annotations
 
 import base64
-import time
 import uuid
 
 import apache_beam as beam
@@ -16,8 +15,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.graph import build_pipeline
 from pipelines.runners import local_runner
-from pipelines.summary import final_panes
-from tests.integration.test_bigquery_sink import Dataset, _aggregates, _dead_letters
+from tests.integration.results import wait_for_bigquery
+from tests.integration.test_bigquery_sink import Dataset
 from tests.integration.test_pubsub_e2e import MINUTE_US, PROJECT, _event
 from transforms.timefmt import format_rfc3339_us, now_us
 
@@ -68,22 +67,11 @@ def test_pubsub_to_bigquery_exact_aggregates_and_dead_letters(pubsub_emulator, d
         (format_rfc3339_us(window_a), "click", "/cart"): (1, 2.0, 1),
         (format_rfc3339_us(window_b), "click", "/home"): (1, 8.0, 1),
     }
-    finals: dict = {}
-    dead: list = []
     try:
         # a1 twice: a duplicate publish (new message id) of the same event, dropped by the event_id dedup.
         for payload in [*valid, valid[0], *bad]:
             publisher.publish(topic, payload, origin="e2e").result(timeout=30)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            finals = {
-                (g[0], g[2], g[3]): (r["event_count"], r["value_sum"], r["distinct_users"])
-                for g, r in final_panes(_aggregates(dataset.client, dataset.table("aggregates"))).items()
-            }
-            dead = _dead_letters(dataset.client, dataset.table("dead_letter"))
-            if finals == expected and len(dead) >= len(bad):
-                break
-            time.sleep(1)
+        finals, dead = wait_for_bigquery(dataset, expected, len(bad), timeout_s=120)
     finally:
         result.cancel()
 

@@ -1,0 +1,32 @@
+"""What end-to-end tests read back: final aggregates per (window_start, event_type, key), dead letters."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pipelines.summary import final_panes
+
+
+def final_counts(rows: list[dict[str, Any]]) -> dict[tuple, tuple]:
+    """(window_start, event_type, key) -> (event_count, value_sum, distinct_users) of each group's final pane."""
+    return {
+        (group[0], group[2], group[3]): (row["event_count"], row["value_sum"], row["distinct_users"])
+        for group, row in final_panes(rows).items()
+    }
+
+
+def wait_for_bigquery(dataset: Any, expected: dict, dead_letters: int, timeout_s: float) -> tuple[dict, list]:
+    """Polls the dataset's aggregates and dead_letter tables until they hold ``expected`` and enough dead letters."""
+    from tests.integration.test_bigquery_sink import _aggregates, _dead_letters
+
+    deadline = time.monotonic() + timeout_s
+    finals: dict = {}
+    dead: list = []
+    while time.monotonic() < deadline:
+        finals = final_counts(_aggregates(dataset.client, dataset.table("aggregates")))
+        dead = _dead_letters(dataset.client, dataset.table("dead_letter"))
+        if finals == expected and len(dead) >= dead_letters:
+            break
+        time.sleep(1)
+    return finals, dead
