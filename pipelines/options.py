@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines.runners import is_direct
 from transforms.analytics import (
     TIMESTAMP_KAFKA,
     TIMESTAMP_PAYLOAD,
@@ -209,7 +210,7 @@ def analytics_config(options: PipelineOptions) -> AnalyticsConfig:
         raise ConfigError(f"--kafka_start_offset {exc}") from None
     if not (opts.kafka_consumer_group or "").strip():
         raise ConfigError("--kafka_consumer_group must not be empty")
-    if is_replay(opts.source) and options.view_as(StandardOptions).runner not in (None, "", "DirectRunner"):
+    if is_replay(opts.source) and not is_direct(options):
         raise ConfigError(
             "--source: mode=replay (and the default embedded demo) replays through TestStream, which only the "
             "direct runner runs; give a pubsub://, kafka://, gs:// or synthetic:// (without mode=replay) source"
