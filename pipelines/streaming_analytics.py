@@ -23,7 +23,7 @@ from pipelines.graph import build_pipeline
 from pipelines.options import AnalyticsOptions, ConfigError, analytics_config, check_unknown_flags
 from pipelines.runners import local_runner
 from pipelines.summary import RunSummary, counters, read_rows
-from transforms.io import scheme_of
+from transforms.io import local_file_prefix
 
 USAGE = "python -m pipelines.streaming_analytics [--option=value ...]"
 
@@ -35,12 +35,6 @@ def _help() -> str:
         parser.format_help()
         + "\nStandard Beam options (--runner, --streaming, --direct_num_workers, --project, ...) apply too.\n"
     )
-
-
-def _local_prefix(uri: str) -> str | None:
-    if scheme_of(uri) not in ("", "file"):
-        return None
-    return uri[len("file://") :] if uri.startswith("file://") else uri
 
 
 def _clear_previous_outputs(*prefixes: str | None) -> None:
@@ -64,7 +58,7 @@ def run(argv: Sequence[str]) -> RunSummary:
     if config.streaming:
         standard.streaming = True
     opts = options.view_as(AnalyticsOptions)
-    sink, dead_letter_sink = _local_prefix(opts.sink), _local_prefix(opts.dead_letter_sink)
+    sink, dead_letter_sink = local_file_prefix(opts.sink), local_file_prefix(opts.dead_letter_sink)
     _clear_previous_outputs(sink, dead_letter_sink)
 
     started = time.perf_counter()

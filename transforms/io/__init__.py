@@ -51,6 +51,11 @@ def _local_path(uri: str) -> str:
     return uri[len("file://") :] if uri.startswith("file://") else uri
 
 
+def local_file_prefix(uri: str) -> str | None:
+    """The local path a sink URI names (``file://`` stripped), or None for remote sinks (BigQuery, brokers)."""
+    return _local_path(uri) if scheme_of(uri) in ("", "file") else None
+
+
 def check_source(uri: str, fmt: str) -> None:
     """Raises UnsupportedUri/ValueError with a clear message if ``uri`` cannot be read in ``fmt``."""
     scheme = scheme_of(uri)
