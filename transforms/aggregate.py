@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from fractions import Fraction
 from typing import Any
 
@@ -63,6 +63,18 @@ class Accumulator:
             add_float(self.float_partials, value)
         self.sketch.add(event.user_id)
 
+    def add_many(self, user_ids: list[str], values: list[float | int]) -> None:
+        """``add`` for many events at once (what batched pre-aggregation uses): same state, same sketch."""
+        self.count += len(values)
+        floats = [value for value in values if type(value) is not int]
+        if len(floats) < len(values):
+            self.int_sum += sum(value for value in values if type(value) is int)
+        for value in floats:
+            add_float(self.float_partials, value)
+        add = self.sketch.add
+        for user_id in user_ids:
+            add(user_id)
+
     def merge(self, other: Accumulator) -> None:
         self.count += other.count
         self.int_sum += other.int_sum
@@ -114,6 +126,48 @@ class AggregateFn(beam.CombineFn):
 
     def extract_output(self, acc: Accumulator) -> tuple[int, float, int, bytes]:
         return acc.count, acc.value_sum(), acc.sketch.estimate(), acc.sketch.to_bytes()
+
+
+class MergeAggregatesFn(AggregateFn):
+    """Partial aggregates (Accumulators of pre-aggregated slices) -> the same output as ``AggregateFn``."""
+
+    def add_input(self, acc: Accumulator, part: Accumulator) -> Accumulator:
+        acc.merge(part)
+        return acc
+
+    def add_inputs(self, acc: Accumulator, parts: Iterable[Accumulator]) -> Accumulator:
+        for part in parts:
+            acc.merge(part)
+        return acc
+
+
+def preaggregate(
+    rows: Iterable[tuple], slice_of: Callable[[int], int], into: dict[tuple, Accumulator] | None = None
+) -> dict[tuple, Accumulator]:
+    """Rows (event_id, event_time_us, event_type, key, user_id, value) -> {(slice start µs, event_type, key): acc},
+    added to the accumulators of ``into`` when given.
+
+    A slice is a stretch of event time whose instants all fall in the same windows (``windowing.slicer``), so one
+    accumulator per slice lands in exactly the windows its events would have.
+    """
+    users: dict[tuple, list[str]] = {}
+    values: dict[tuple, list[float | int]] = {}
+    for _, when, event_type, key, user_id, value in rows:
+        group = (slice_of(when), event_type, key)
+        members = users.get(group)
+        if members is None:
+            users[group] = [user_id]
+            values[group] = [value]
+        else:
+            members.append(user_id)
+            values[group].append(value)
+    partials = {} if into is None else into
+    for group, members in users.items():
+        acc = partials.get(group)
+        if acc is None:
+            acc = partials[group] = Accumulator()
+        acc.add_many(members, values[group])
+    return partials
 
 
 _TIMING = {

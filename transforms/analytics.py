@@ -13,6 +13,14 @@ from apache_beam.utils.timestamp import Timestamp
 
 from transforms import dead_letter as dl
 from transforms.aggregate import WindowedAggregates
+from transforms.batched import (
+    DeduplicateRows,
+    MergeAggregates,
+    ParseBatches,
+    PreAggregateWindows,
+    TimeRows,
+    ValidateBatches,
+)
 from transforms.dedup import DEFAULT_DEDUP_HORIZON_S, DeduplicateEvents
 from transforms.parse import FORMAT_JSON, METRICS_NAMESPACE, ParseEvents
 from transforms.records import Event
@@ -44,6 +52,9 @@ class AnalyticsConfig:
     # "state", "group", "beam" (Beam's DeduplicatePerKey), "off". Only benchmarks force one (docs/benchmarks.md).
     dedup_impl: str = "auto"
     timestamp_source: str = TIMESTAMP_PAYLOAD
+    # Bounded input in batches of records (transforms/batched.py); False processes it record by record, as a
+    # stream is. Only benchmarks turn it off (docs/benchmarks.md).
+    batched: bool = True
 
 
 def _with_event_time(event: Event) -> beam.window.TimestampedValue:
@@ -78,6 +89,8 @@ class StreamingAnalytics(beam.PTransform):
 
     def expand(self, records):
         cfg = self._config
+        if not cfg.streaming and cfg.batched and cfg.dedup_impl in ("auto", "off"):
+            return self._expand_batched(records)
         parsed = records | "ParseEvents" >> ParseEvents(cfg.format, cfg.max_payload_bytes)
         validated = parsed.parsed | "ValidateEvents" >> ValidateEvents(cfg.key_field, cfg.max_clock_skew_s)
         stamp = _with_event_time if cfg.timestamp_source == TIMESTAMP_PAYLOAD else _with_source_time
@@ -97,7 +110,24 @@ class StreamingAnalytics(beam.PTransform):
             | "WindowEvents" >> WindowEvents(cfg.window, cfg.streaming, extra_lateness)
             | "WindowedAggregates" >> WindowedAggregates(bounded=not cfg.streaming)
         )
-        dead_letters = (
-            dead | "CollectDeadLetters" >> beam.Flatten() | "CountDeadLetters" >> beam.Map(_count_dead_letter)
-        )
-        return {AGGREGATES: aggregates, DEAD_LETTERS: dead_letters}
+        return {AGGREGATES: aggregates, DEAD_LETTERS: _collect(dead)}
+
+    def _expand_batched(self, records):
+        """Bounded input, batch by batch: the same steps under the same labels (docs/design.md, batched.py)."""
+        cfg = self._config
+        args = (cfg.format, cfg.key_field, cfg.max_clock_skew_s, cfg.max_payload_bytes)
+        parsed = records | "ParseEvents" >> ParseBatches(*args)
+        validated = parsed.parsed | "ValidateEvents" >> ValidateBatches(*args)
+        rows = validated.valid | "AssignEventTime" >> TimeRows(source_time=cfg.timestamp_source != TIMESTAMP_PAYLOAD)
+        if cfg.dedup_impl != "off":
+            rows = rows | "DeduplicateEvents" >> DeduplicateRows(cfg.dedup_horizon_s)
+        windowed = rows | "WindowEvents" >> PreAggregateWindows(cfg.window)
+        aggregates = windowed | "WindowedAggregates" >> MergeAggregates()
+        return {
+            AGGREGATES: aggregates,
+            DEAD_LETTERS: _collect([parsed[dl.DEAD_LETTER_TAG], validated[dl.DEAD_LETTER_TAG]]),
+        }
+
+
+def _collect(dead: list) -> beam.PCollection:
+    return dead | "CollectDeadLetters" >> beam.Flatten() | "CountDeadLetters" >> beam.Map(_count_dead_letter)

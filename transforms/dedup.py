@@ -29,6 +29,44 @@ def is_duplicate(first_seen_us: int | None, event_time_us: int, horizon_us: int)
     return first_seen_us is not None and abs(event_time_us - first_seen_us) <= horizon_us
 
 
+# A valid event as the bounded-input dedup and the aggregates see it (transforms/batched.py).
+Row = tuple[str, int, str, "str | None", str, "int | float"]  # event_id, event_time_us, event_type, key, user_id, value
+
+
+def _row_order(row: Row) -> tuple:
+    """Copies of one id are taken in event-time order; ties by what the aggregates see, so the kept copy (and so the
+    result) never depends on arrival or bundle order. Copies equal in all of these are interchangeable."""
+    _, when, event_type, key, user_id, value = row
+    return when, event_type, key is not None, key or "", user_id, value
+
+
+def keep_first_per_horizon(rows: list[Row], horizon_us: int) -> tuple[list[Row], int]:
+    """All rows of some ids (bounded input) -> (the rows kept, how many were duplicates); the order is kept.
+
+    Per id: the earliest copy is kept, later copies within the horizon of the last kept one are dropped.
+    """
+    first: dict[str, Row] = {}
+    repeats: list[Row] = []
+    for row in rows:
+        if first.setdefault(row[0], row) is not row:
+            repeats.append(row)
+    if not repeats:
+        return rows, 0
+    copies: dict[str, list[Row]] = {}
+    for row in repeats:
+        copies.setdefault(row[0], [first[row[0]]]).append(row)
+    dropped: set[int] = set()  # by identity: identical copies are equal tuples
+    for group in copies.values():
+        group.sort(key=_row_order)
+        first_seen = None
+        for row in group:
+            if is_duplicate(first_seen, row[1], horizon_us):
+                dropped.add(id(row))
+            else:
+                first_seen = row[1]
+    return [row for row in rows if id(row) not in dropped], len(dropped)
+
+
 class _DedupDoFn(beam.DoFn):
     FIRST_SEEN = ReadModifyWriteStateSpec("first_seen_us", VarIntCoder())
     EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
@@ -56,6 +94,10 @@ class _DedupDoFn(beam.DoFn):
         first_seen.clear()
 
 
+def _row_of(event: Event) -> Row:
+    return event.event_id, event.event_time_us, event.event_type, event.key, event.user_id, event.value
+
+
 class _KeepFirstPerHorizonDoFn(beam.DoFn):
     """All events of one id at once (bounded input): keep the earliest, drop repeats within the horizon."""
 
@@ -66,8 +108,7 @@ class _KeepFirstPerHorizonDoFn(beam.DoFn):
     def process(self, element: tuple[str, Iterable[Event]]) -> Iterator[beam.window.TimestampedValue]:
         events = list(element[1])
         if len(events) > 1:
-            # Event-time order (ties by bytes) makes the kept copy independent of arrival and bundle order.
-            events.sort(key=lambda e: (e.event_time_us, e.payload))
+            events.sort(key=lambda e: _row_order(_row_of(e)))
         first_seen = None
         for event in events:
             if is_duplicate(first_seen, event.event_time_us, self._horizon_us):

@@ -16,11 +16,12 @@ from typing import Any
 import apache_beam as beam
 import fastavro
 import orjson
+from apache_beam.utils.timestamp import Timestamp
 
 import schemas
 from transforms import dead_letter as dl
 from transforms.dead_letter import Rejection
-from transforms.records import SourceRecord
+from transforms.records import RecordBatch, SourceRecord
 
 FORMAT_JSON = "json"
 FORMAT_AVRO = "avro"
@@ -231,7 +232,18 @@ class _ParseDoFn(beam.DoFn):
     def setup(self) -> None:
         self._decode = decoder_for(self._fmt)
 
-    def process(self, record: SourceRecord) -> Iterator[Any]:
+    def process(self, element: SourceRecord | RecordBatch) -> Iterator[Any]:
+        if type(element) is RecordBatch:  # bounded sources read in batches; this graph takes them one by one
+            arrivals = element.arrivals
+            for i in range(len(element.payloads)):
+                for output in self._parse(element.record(i)):
+                    if arrivals and type(output) is tuple:
+                        output = beam.window.TimestampedValue(output, Timestamp(micros=arrivals[i]))
+                    yield output
+        else:
+            yield from self._parse(element)
+
+    def _parse(self, record: SourceRecord) -> Iterator[Any]:
         self._read.inc()
         result = parse_record(record, self._decode, self._max_payload_bytes)
         if type(result) is Rejection:

@@ -38,6 +38,38 @@ class Event(NamedTuple):
     arrival_us: int  # the source's timestamp of the record (publish time, Kafka timestamp, replay clock)
 
 
+class RecordBatch(NamedTuple):
+    """Many raw records of one source, as one element: bounded input is processed in batches (docs/benchmarks.md).
+
+    Per-record fields are lists parallel to ``payloads``; None means "none for any record" (JSON-lines files have
+    no metadata, and only containers decode records themselves).
+    """
+
+    source: str
+    payloads: list[bytes]
+    metadata: list[dict[str, Any] | None] | None = None
+    decoded: list[Any] | None = None  # per record: the container's decoded object (or its Rejection), or None
+    arrivals: list[int] | None = None  # per record: the source's timestamp (µs); None: the element's timestamp
+
+    def record(self, index: int) -> SourceRecord:
+        """One record of the batch, as the per-record path sees it."""
+        return SourceRecord(
+            self.payloads[index],
+            self.source,
+            None if self.metadata is None else self.metadata[index],
+            None if self.decoded is None else self.decoded[index],
+        )
+
+    @staticmethod
+    def of(record: SourceRecord) -> RecordBatch:
+        return RecordBatch(
+            record.source,
+            [record.payload],
+            None if record.metadata is None else [record.metadata],
+            None if record.decoded is None else [record.decoded],
+        )
+
+
 class _NamedTupleCoder(coders.Coder):
     """Encodes a NamedTuple as the plain tuple of its fields (FastPrimitivesCoder handles those natively)."""
 
@@ -74,5 +106,11 @@ class EventCoder(_NamedTupleCoder):
         super().__init__(Event)
 
 
+class RecordBatchCoder(_NamedTupleCoder):
+    def __init__(self) -> None:
+        super().__init__(RecordBatch)
+
+
 coders.registry.register_coder(SourceRecord, SourceRecordCoder)
+coders.registry.register_coder(RecordBatch, RecordBatchCoder)
 coders.registry.register_coder(Event, EventCoder)

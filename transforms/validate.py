@@ -30,7 +30,7 @@ MIN_EVENT_TIME_US = 946_684_800 * 1_000_000  # 2000-01-01T00:00:00Z
 DEFAULT_MAX_CLOCK_SKEW_S = 24 * 3600
 _MAX_FLOAT = 1.7976931348623157e308
 
-_EVENT_TYPE = re.compile(EVENT_TYPE_PATTERN)
+EVENT_TYPE_REGEX = re.compile(EVENT_TYPE_PATTERN)
 
 # Fields the contract defines, in check order; --key_field may name these, properties.<name>, or any other
 # top-level field (forward compatible extras).
@@ -197,7 +197,7 @@ class EventValidator:
             if event_type.code == dl.INVALID_VALUE:
                 return Rejection(dl.INVALID_VALUE, "event_type", self._event_type_message(obj["event_type"]))
             return event_type
-        if _EVENT_TYPE.fullmatch(event_type) is None:
+        if EVENT_TYPE_REGEX.fullmatch(event_type) is None:
             return Rejection(dl.INVALID_VALUE, "event_type", self._event_type_message(event_type))
         user_id = _required_string(obj, "user_id", USER_ID_MAX)
         if type(user_id) is Rejection:

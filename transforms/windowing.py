@@ -14,8 +14,9 @@ little ahead of their timestamps (processing-time watermarks), so those records 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.transforms import trigger as triggers
@@ -62,6 +63,62 @@ class WindowSpec:
 
 
 SAFETY_MARGIN_S = 60
+
+
+def slicer(window_fn: beam_window.WindowFn) -> Callable[[int], int]:
+    """Event time (µs) -> the start of its *slice*: a stretch of time whose instants all belong to the same windows.
+
+    Fixed windows: the window itself. Sliding windows whose size is a multiple of the period: the period (every
+    window starts on a period boundary and spans whole periods). Anything else (sessions, other sliding windows):
+    the instant itself, which is trivially right. Batched pre-aggregation keeps one accumulator per slice.
+    """
+    if isinstance(window_fn, beam_window.FixedWindows):
+        size, offset = window_fn.size.micros, window_fn.offset.micros
+        return lambda us: us - (us - offset) % size
+    if isinstance(window_fn, beam_window.SlidingWindows) and window_fn.size.micros % window_fn.period.micros == 0:
+        period, offset = window_fn.period.micros, window_fn.offset.micros
+        return lambda us: us - (us - offset) % period
+    return lambda us: us
+
+
+def windowed_partials(
+    partials: dict[tuple[int, str, str | None], Any], window_fn: beam_window.WindowFn, merge: Callable[[Any, Any], Any]
+) -> Iterator[tuple[beam_window.IntervalWindow, int, tuple[str, str | None], Any]]:
+    """Per-slice partial aggregates -> (window, timestamp, group, partial) in the windows their events belong to.
+
+    Fixed and sliding windows: each slice goes to the windows ``window_fn`` assigns to its start (all its instants
+    share them). Sessions: each instant's proto-session ``[t, t + gap)`` is merged with the ones it overlaps,
+    exactly as ``Sessions.merge`` does; the GroupByKey downstream then merges these sessions across bundles (the
+    union of overlapping intervals does not depend on the order they are merged in). The timestamp is the
+    earliest instant of the partial, inside its window.
+    """
+    if not isinstance(window_fn, beam_window.Sessions):
+        windows: dict[int, list] = {}
+        for (start, event_type, key), partial in partials.items():
+            assigned = windows.get(start)
+            if assigned is None:
+                context = beam_window.WindowFn.AssignContext(Timestamp(micros=start))
+                assigned = windows[start] = window_fn.assign(context)
+            for window in assigned:
+                yield window, start, (event_type, key), partial
+        return
+    gap = window_fn.gap_size.micros
+    by_group: dict[tuple[str, str | None], list[tuple[int, Any]]] = {}
+    for (start, event_type, key), partial in partials.items():
+        by_group.setdefault((event_type, key), []).append((start, partial))
+    for group, members in by_group.items():
+        members.sort(key=lambda member: member[0])
+        first, end, merged = None, 0, None
+        for start, partial in members:
+            if merged is not None and end > start:
+                merged = merge(merged, partial)
+                end = max(end, start + gap)
+                continue
+            if merged is not None:
+                yield beam_window.IntervalWindow(Timestamp(micros=first), Timestamp(micros=end)), first, group, merged
+            first, end, merged = start, start + gap, partial
+        if merged is not None:
+            yield beam_window.IntervalWindow(Timestamp(micros=first), Timestamp(micros=end)), first, group, merged
 
 
 def latest_deadline_us(window_fn: beam_window.WindowFn, timestamp_us: int, lateness_us: int) -> int:

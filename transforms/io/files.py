@@ -15,10 +15,12 @@ import fastavro
 import orjson
 from apache_beam import coders
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
 from transforms import dead_letter as dl
 from transforms.parse import avro_nulls_as_absent
-from transforms.records import SourceRecord
+from transforms.records import RecordBatch, SourceRecord
 
 
 class ReadJsonLines(beam.PTransform):
@@ -39,6 +41,97 @@ class ReadJsonLines(beam.PTransform):
             )
             | "ToRecord" >> beam.MapTuple(lambda path, line: SourceRecord(line, path)).with_output_types(SourceRecord)
         )
+
+
+# Bounded JSON-lines input is read in byte ranges (spread over workers) and handed on in batches of lines.
+RANGE_BYTES = 4 << 20
+BATCH_LINES = 2048
+_READ_BLOCK = 1 << 20
+
+
+def split_into_ranges(path: str, size: int, range_bytes: int = RANGE_BYTES) -> Iterator[tuple[str, int, int]]:
+    """(path, start, end) byte ranges of a file; a compressed file is one range (it cannot be split)."""
+    if CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED:
+        yield path, 0, -1
+        return
+    for start in range(0, size, range_bytes):
+        yield path, start, min(start + range_bytes, size)
+
+
+def read_line_range(path: str, start: int, end: int, batch_lines: int = BATCH_LINES) -> Iterator[list[bytes]]:
+    """The lines that *start* in ``[start, end)`` (``end`` -1: to the end), in batches; exactly what Beam's text
+    source yields for that range: lines end at ``\\n`` or ``\\r\\n`` (not kept), the last one may be unterminated,
+    and a line that starts before ``start`` belongs to the previous range."""
+    compressed = end < 0
+    with FileSystems.open(
+        path,
+        mime_type="application/octet-stream",
+        compression_type=CompressionTypes.AUTO if compressed else CompressionTypes.UNCOMPRESSED,
+    ) as handle:
+        position = 0  # file offset of the next line's first byte
+        skip = False  # the first line read belongs to the range before
+        if start > 0:
+            handle.seek(start - 1)
+            position, skip = start - 1, True
+        partial: list[bytes] = []  # the bytes of a line not yet terminated
+        batch: list[bytes] = []
+        while True:
+            block = handle.read(_READ_BLOCK)
+            if not block:  # end of file: an unterminated last line is a line, kept as it is
+                tail = b"".join(partial)
+                if tail and not skip and (compressed or position < end):
+                    batch.append(tail)
+                break
+            cut = block.rfind(b"\n")
+            if cut < 0:
+                partial.append(block)
+                continue
+            partial.append(block[:cut])
+            lines = b"".join(partial).split(b"\n")
+            partial = [block[cut + 1 :]]
+            if skip:
+                position += len(lines[0]) + 1
+                lines = lines[1:]
+                skip = False
+            for index, line in enumerate(lines):
+                if not compressed and position >= end:
+                    lines = lines[:index]
+                    break
+                position += len(line) + 1
+            batch.extend(line[:-1] if line[-1:] == b"\r" else line for line in lines)
+            while len(batch) >= batch_lines:
+                yield batch[:batch_lines]
+                batch = batch[batch_lines:]
+            if not compressed and position >= end:
+                break
+        if batch:
+            yield batch
+
+
+class ReadJsonLineBatches(beam.PTransform):
+    """The lines of the matched files as ``RecordBatch``es (bounded input; the same lines as ``ReadJsonLines``)."""
+
+    def __init__(self, pattern: str) -> None:
+        super().__init__()
+        if "://" not in pattern:  # as ReadFromText(validate=True): a local pattern must match when the job is built
+            matched = FileSystems.match([pattern], limits=[1])[0]
+            if not matched.metadata_list:
+                raise OSError(f"No files found based on the file pattern {pattern}")
+        self._pattern = pattern
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "Match" >> fileio.MatchFiles(self._pattern)
+            | "Split" >> beam.FlatMap(lambda meta: split_into_ranges(meta.path, meta.size_in_bytes))
+            | "Spread" >> beam.Reshuffle()
+            | "Read" >> beam.FlatMapTuple(_line_batches).with_output_types(RecordBatch)
+        )
+
+
+def _line_batches(path: str, start: int, end: int) -> Iterator[RecordBatch]:
+    for lines in read_line_range(path, start, end):
+        yield RecordBatch(path, lines)
 
 
 def read_avro_container(path: str, data: bytes) -> Iterator[SourceRecord]:
@@ -62,21 +155,31 @@ def read_avro_container(path: str, data: bytes) -> Iterator[SourceRecord]:
         yield SourceRecord(data[offset : offset + 1024], path, {"record": index + 1, "byte_offset": offset}, reason)
 
 
-class ReadAvroFiles(beam.PTransform):
-    """Every record of the matched Avro container files."""
+def avro_container_batches(path: str, data: bytes, batch_records: int = BATCH_LINES) -> Iterator[RecordBatch]:
+    """The records of ``read_avro_container`` as ``RecordBatch``es."""
+    records = list(read_avro_container(path, data))
+    for first in range(0, len(records), batch_records):
+        chunk = records[first : first + batch_records]
+        yield RecordBatch(path, [r.payload for r in chunk], [r.metadata for r in chunk], [r.decoded for r in chunk])
 
-    def __init__(self, pattern: str) -> None:
+
+class ReadAvroFiles(beam.PTransform):
+    """Every record of the matched Avro container files (in ``RecordBatch``es when ``batched``)."""
+
+    def __init__(self, pattern: str, batched: bool = False) -> None:
         super().__init__()
         self._pattern = pattern
+        self._batched = batched
 
     def expand(self, pbegin):
-        return (
-            pbegin
-            | "Match" >> fileio.MatchFiles(self._pattern)
-            | "Open" >> fileio.ReadMatches()
-            | "Records"
-            >> beam.FlatMap(lambda f: read_avro_container(f.metadata.path, f.read())).with_output_types(SourceRecord)
-        )
+        files = pbegin | "Match" >> fileio.MatchFiles(self._pattern) | "Open" >> fileio.ReadMatches()
+        if self._batched:
+            return files | "Batches" >> beam.FlatMap(
+                lambda f: avro_container_batches(f.metadata.path, f.read())
+            ).with_output_types(RecordBatch)
+        return files | "Records" >> beam.FlatMap(
+            lambda f: read_avro_container(f.metadata.path, f.read())
+        ).with_output_types(SourceRecord)
 
 
 class _ProcessAppender:

@@ -23,7 +23,7 @@ from apache_beam.transforms.periodicsequence import PeriodicImpulse
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
 import schemas
-from transforms.records import SourceRecord
+from transforms.records import RecordBatch, SourceRecord
 from transforms.timefmt import format_rfc3339_us, parse_rfc3339_us
 
 SCHEME = "synthetic"
@@ -193,15 +193,28 @@ def _records_of_block(block: int, spec: SyntheticSpec, source: str) -> Iterator[
         yield beam.window.TimestampedValue(SourceRecord(payload, source, {"sequence": seq}), Timestamp(micros=arrival))
 
 
-class ReadSynthetic(beam.PTransform):
-    """Bounded: ``events`` records. Unbounded (streaming): ``rate`` records/s forever, stamped by wall clock."""
+def _batch_of_block(block: int, spec: SyntheticSpec, source: str) -> Iterator[RecordBatch]:
+    generated = list(generate_block(spec, block))
+    if generated:
+        yield RecordBatch(
+            source,
+            [payload for _, _, payload in generated],
+            [{"sequence": seq} for seq, _, _ in generated],
+            arrivals=[arrival for _, arrival, _ in generated],
+        )
 
-    def __init__(self, uri: str, streaming: bool = False, tick_s: float = 1.0) -> None:
+
+class ReadSynthetic(beam.PTransform):
+    """Bounded: ``events`` records (one ``RecordBatch`` per block when ``batched``). Unbounded (streaming): ``rate``
+    records/s forever, stamped by wall clock."""
+
+    def __init__(self, uri: str, streaming: bool = False, tick_s: float = 1.0, batched: bool = False) -> None:
         super().__init__()
         self._uri = uri
         self._spec = parse_synthetic_uri(uri)
         self._streaming = streaming
         self._tick_s = tick_s
+        self._batched = batched and not streaming
 
     def expand(self, pbegin):
         spec = self._spec
@@ -212,7 +225,12 @@ class ReadSynthetic(beam.PTransform):
                 pbegin
                 | "Blocks" >> beam.Create(blocks)
                 | "Spread" >> beam.Reshuffle()
-                | "Generate" >> beam.FlatMap(_records_of_block, spec, source).with_output_types(SourceRecord)
+                | "Generate"
+                >> (
+                    beam.FlatMap(_batch_of_block, spec, source).with_output_types(RecordBatch)
+                    if self._batched
+                    else beam.FlatMap(_records_of_block, spec, source).with_output_types(SourceRecord)
+                )
             )
         per_tick = max(1, int(spec.rate * self._tick_s))
         tick_spec = replace(spec, rate=per_tick / self._tick_s)

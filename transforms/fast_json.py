@@ -1,0 +1,217 @@
+"""The fast path for plainly valid JSON events: one msgspec decode does most of the contract's checks in C.
+
+The reference (``parse.decode_json`` + ``validate.EventValidator``) is exact and decides every error code, field
+and message, but costs several microseconds per record in Python. Most records are plainly valid, and for those
+a typed msgspec decode (types, lengths, required fields) plus a few cheap checks gives the very same event.
+
+The rule that keeps it exact: the fast path only ever *accepts*. A record is either returned as valid, with
+exactly the fields the reference would give it, or left for the reference, which then accepts or rejects it with
+its usual code, field and message. Everything the fast path is not sure about goes to the reference: payloads
+over the size limit or long enough to nest deeply, non-ASCII payloads that are not valid UTF-8 (msgspec does not
+check fields it skips), UTF-16 surrogate escapes, integers beyond 64 bits, non-finite numbers, event types that
+do not match the pattern, event times out of range or in an unusual shape, and any --key_field other than a
+contract string field or ``properties.<name>``. ``tests/unit/test_fast_json.py`` checks fast path == reference
+(outcome and every field) on generated near-valid records.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from transforms.records import Event
+from transforms.timefmt import US_PER_MS, now_us, parse_rfc3339_us
+from transforms.validate import (
+    DEFAULT_MAX_CLOCK_SKEW_S,
+    EVENT_ID_MAX,
+    EVENT_TYPE_REGEX,
+    MIN_EVENT_TIME_US,
+    PAGE_MAX,
+    USER_ID_MAX,
+)
+
+# Key fields the fast path reads from its typed decode; any other --key_field (an extra top-level field) goes
+# through the reference, which stringifies whatever JSON value it finds there.
+FAST_KEY_FIELDS = ("page", "event_id", "event_type", "user_id")
+_INT64 = 2**63
+
+
+class _PlainEvent(Struct, gc=False):
+    """The contract's fields typed as a valid record has them; msgspec rejects anything else (-> reference)."""
+
+    event_id: Annotated[str, Meta(min_length=1, max_length=EVENT_ID_MAX)]
+    event_type: Annotated[str, Meta(min_length=1, max_length=64)]  # the pattern is checked (cached) in Python
+    user_id: Annotated[str, Meta(min_length=1, max_length=USER_ID_MAX)]
+    event_time: str | int | float
+    page: Annotated[str, Meta(max_length=PAGE_MAX)] | None = None
+    value: int | float = 0
+    properties: dict[str, str] | UnsetType = UNSET  # JSON null is invalid_type: UNSET keeps it apart from absent
+
+
+_decode_plain = msgspec.json.Decoder(_PlainEvent).decode
+_DECODE_ERRORS = (msgspec.DecodeError, RecursionError)
+
+# A payload this short cannot nest deeper than msgspec or orjson parse; a longer one is checked by counting.
+_SHALLOW_BYTES = 1024
+_MAX_BRACKETS = 256
+_CACHE_LIMIT = 1 << 16
+
+# One accepted record: its position in the batch, then the fields of its Event (payload and origin aside).
+Valid = tuple[int, str, str, str, int, "str | None", "int | float", "dict[str, str] | None", "str | None"]
+
+
+def valid_of(index: int, event: Event) -> Valid:
+    """The ``Valid`` tuple of an event the reference accepted (so both paths feed the same columns)."""
+    return (index, event.event_id, event.event_type, event.user_id, event.event_time_us, event.page, event.value,
+            event.properties, event.key)  # fmt: skip
+
+
+def event_of(valid: Valid, payload: bytes, source: str, metadata: Any = None, arrival_us: int = 0) -> Event:
+    return Event(*valid[1:], payload, source, metadata, arrival_us)
+
+
+class FastJsonValidator:
+    """Accepts the plainly valid JSON records of a batch exactly as the reference would; leaves the rest to it."""
+
+    def __init__(
+        self,
+        key_field: str = "page",
+        max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
+        max_payload_bytes: int = 1 << 20,
+        clock: Callable[[], int] = now_us,
+    ) -> None:
+        self._max_skew_us = int(max_clock_skew_s * 1_000_000)
+        self._max_payload_bytes = max_payload_bytes
+        self._clock = clock
+        self._seconds: dict[str, int | None] = {}
+        self._event_types: dict[str, bool] = {}
+        prop = key_field[len("properties.") :] if key_field.startswith("properties.") else None
+        self.enabled = key_field in FAST_KEY_FIELDS or bool(prop)
+        self._property = prop
+        # Where the key sits in a Valid tuple when it is a contract field.
+        self._key_position = {"page": 5, "event_id": 1, "event_type": 2, "user_id": 3}.get(key_field, 0)
+
+    def validate_batch(self, payloads: Sequence[bytes]) -> tuple[list[Valid], list[int]]:
+        """(the records it accepts, the positions it leaves to the reference), in batch order.
+
+        The clock is read once: an event time at most that reading + skew is in range whenever it is checked (the
+        clock only moves on), and a later one goes to the reference, which reads the clock itself.
+        """
+        latest = self._clock() + self._max_skew_us
+        accepted: list[Valid] = []
+        rest: list[int] = []
+        if not self.enabled:
+            return accepted, list(range(len(payloads)))
+        accept, refer = accepted.append, rest.append
+        decode = _decode_plain
+        seconds = self._seconds
+        types = self._event_types
+        prop = self._property
+        key_position = self._key_position
+        suspects = self._suspects(payloads)
+        for i, payload in enumerate(payloads):
+            if suspects and i in suspects and not self._passes_guards(payload):
+                refer(i)
+                continue
+            try:
+                plain = decode(payload)
+            except _DECODE_ERRORS:
+                refer(i)
+                continue
+            event_type = plain.event_type
+            if types.get(event_type) is not True and not self._event_type_ok(event_type):
+                refer(i)
+                continue
+            when = plain.event_time
+            if type(when) is int:
+                us = when * US_PER_MS
+            elif type(when) is str:
+                # The shapes this project (and most producers) write: YYYY-MM-DDTHH:MM:SS[.ffffff|.fff]Z. The
+                # seconds prefix is parsed once by the reference parser and cached; others go to it directly.
+                size = len(when)
+                if (size == 27 or size == 24) and when[19] == "." and when[-1] in "Zz":
+                    digits = when[20:-1]
+                    if not (digits.isdigit() and digits.isascii()):
+                        refer(i)
+                        continue
+                    micros = int(digits) if size == 27 else int(digits) * 1000
+                elif size == 20 and when[19] in "Zz":
+                    micros = 0
+                else:
+                    micros = -1
+                if micros < 0:
+                    us = parse_rfc3339_us(when)
+                    if us is None:
+                        refer(i)
+                        continue
+                else:
+                    prefix = when[:19]
+                    base = seconds.get(prefix, -1)
+                    if base == -1:
+                        if len(seconds) >= _CACHE_LIMIT:
+                            seconds.clear()
+                        base = seconds[prefix] = parse_rfc3339_us(prefix + "Z")
+                    if base is None:
+                        refer(i)
+                        continue
+                    us = base + micros
+            elif math.isfinite(when) and when.is_integer():
+                us = int(when) * US_PER_MS
+            else:
+                refer(i)
+                continue
+            if not MIN_EVENT_TIME_US <= us <= latest:
+                refer(i)
+                continue
+            value = plain.value
+            if type(value) is int:
+                if not -_INT64 <= value < _INT64:
+                    refer(i)
+                    continue
+            elif not math.isfinite(value):
+                refer(i)
+                continue
+            properties = plain.properties
+            if properties is UNSET:
+                properties = None
+            row = (i, plain.event_id, event_type, plain.user_id, us, plain.page, value, properties)
+            if prop is None:
+                accept((*row, row[key_position]))
+            else:
+                accept((*row, None if properties is None else properties.get(prop)))
+        return accepted, rest
+
+    def _suspects(self, payloads: Sequence[bytes]) -> set[int]:
+        """Records that trip a batch-wide check (non-ASCII, a surrogate escape, length): checked one by one."""
+        joined = b"\n".join(payloads)
+        suspects: set[int] = set()
+        if max(map(len, payloads), default=0) > min(self._max_payload_bytes, _SHALLOW_BYTES):
+            limit = min(self._max_payload_bytes, _SHALLOW_BYTES)
+            suspects.update(i for i, payload in enumerate(payloads) if len(payload) > limit)
+        if not joined.isascii():
+            suspects.update(i for i, payload in enumerate(payloads) if not payload.isascii())
+        if b"\\ud" in joined or b"\\uD" in joined:
+            suspects.update(i for i, payload in enumerate(payloads) if b"\\u" in payload)
+        return suspects
+
+    def _passes_guards(self, payload: bytes) -> bool:
+        if len(payload) > self._max_payload_bytes:
+            return False
+        if not payload.isascii():
+            try:
+                payload.decode("utf-8")  # msgspec does not check the UTF-8 of fields it skips
+            except UnicodeDecodeError:
+                return False
+        if b"\\ud" in payload or b"\\uD" in payload:
+            return False  # a surrogate escape: lone ones are malformed_json, and the reference knows which
+        return len(payload) <= _SHALLOW_BYTES or payload.count(b"[") + payload.count(b"{") <= _MAX_BRACKETS
+
+    def _event_type_ok(self, event_type: str) -> bool:
+        if len(self._event_types) >= _CACHE_LIMIT:
+            self._event_types.clear()
+        known = self._event_types[event_type] = EVENT_TYPE_REGEX.fullmatch(event_type) is not None
+        return known
