@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help run test lint unit streaming integration services-up services-down services-status clean
+.PHONY: help run test lint unit streaming integration services-up services-down services-status clean bench
 
 help:  ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -46,6 +46,17 @@ services-down: $(STAMP)  ## Stop the local services
 
 services-status: $(STAMP)  ## Show which local services run
 	@$(PY) -m services status
+
+BENCH_SIZES ?= 100000,1000000,5000000
+BENCH_REPEAT ?= 3
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	@$(PY) -m pip install -q -e '.[test,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)  ## Speed and memory vs the plain-Python limit -> docs/benchmarks.md (quick: BENCH_SIZES=100000)
+	@$(PY) -m benchmarks --sizes $(BENCH_SIZES) --repeat $(BENCH_REPEAT)
 
 clean:  ## Remove outputs and build leftovers (keeps the download cache)
 	rm -rf output build dist *.egg-info .pytest_cache .ruff_cache

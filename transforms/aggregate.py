@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from typing import Any
 
@@ -43,6 +43,29 @@ def add_float(partials: list[float], x: float) -> None:
     partials[i:] = [x]
 
 
+def exact_partials(values: list[float], limit: int = 8) -> list[float] | None:
+    """Floats whose exact sum is the exact sum of ``values`` (few: usually one or two), or None.
+
+    ``math.fsum`` is correctly rounded, so its result ``s`` is the leading part of the exact sum, and the sum of
+    ``values + [-s]`` is the exact rest: repeated, this peels the exact sum into parts at C speed. None (the caller
+    then adds one by one) if the parts do not end within ``limit`` or a partial sum overflows.
+    """
+    rest = list(values)
+    parts: list[float] = []
+    try:
+        for _ in range(limit):
+            total = math.fsum(rest)
+            if total == 0.0:  # an exact sum of doubles is 0 or at least the smallest subnormal: never rounds to 0
+                return parts
+            if math.isinf(total):
+                return None
+            parts.append(total)
+            rest.append(-total)
+    except OverflowError:
+        return None
+    return None
+
+
 class Accumulator:
     """Partial aggregate; picklable (Beam pickles combiner accumulators between stages)."""
 
@@ -63,17 +86,24 @@ class Accumulator:
             add_float(self.float_partials, value)
         self.sketch.add(event.user_id)
 
-    def add_many(self, user_ids: list[str], values: list[float | int]) -> None:
-        """``add`` for many events at once (what batched pre-aggregation uses): same state, same sketch."""
-        self.count += len(values)
-        floats = [value for value in values if type(value) is not int]
-        if len(floats) < len(values):
-            self.int_sum += sum(value for value in values if type(value) is int)
-        for value in floats:
-            add_float(self.float_partials, value)
-        add = self.sketch.add
-        for user_id in user_ids:
-            add(user_id)
+    def add_rows(self, rows: list[tuple]) -> None:
+        """``add`` for many events at once, as rows (event_id, event_time_us, event_type, key, user_id, value).
+
+        The same result as adding them one by one: the integer sum and the exact sum of the floats do not depend on
+        order or grouping.
+        """
+        self.count += len(rows)
+        values = [row[5] for row in rows]
+        floats = [value for value in values if type(value) is float]
+        if not floats:
+            self.int_sum += sum(values)
+        else:
+            if len(floats) < len(values):
+                self.int_sum += sum(value for value in values if type(value) is int)
+            parts = exact_partials(floats)
+            for value in floats if parts is None else parts:
+                add_float(self.float_partials, value)
+        self.sketch.add_all([row[4] for row in rows])
 
     def merge(self, other: Accumulator) -> None:
         self.count += other.count
@@ -142,31 +172,30 @@ class MergeAggregatesFn(AggregateFn):
 
 
 def preaggregate(
-    rows: Iterable[tuple], slice_of: Callable[[int], int], into: dict[tuple, Accumulator] | None = None
+    rows: Iterable[tuple], slicing: tuple[int, int], into: dict[tuple, Accumulator] | None = None
 ) -> dict[tuple, Accumulator]:
     """Rows (event_id, event_time_us, event_type, key, user_id, value) -> {(slice start µs, event_type, key): acc},
     added to the accumulators of ``into`` when given.
 
-    A slice is a stretch of event time whose instants all fall in the same windows (``windowing.slicer``), so one
-    accumulator per slice lands in exactly the windows its events would have.
+    A slice (``windowing.slicer``: offset and step) is a stretch of event time whose instants all fall in the
+    same windows, so one accumulator per slice lands in exactly the windows its events would have.
     """
-    users: dict[tuple, list[str]] = {}
-    values: dict[tuple, list[float | int]] = {}
-    for _, when, event_type, key, user_id, value in rows:
-        group = (slice_of(when), event_type, key)
-        members = users.get(group)
-        if members is None:
-            users[group] = [user_id]
-            values[group] = [value]
+    offset, step = slicing
+    members: dict[tuple, list[tuple]] = {}
+    for row in rows:
+        when = row[1]
+        group = (when - (when - offset) % step, row[2], row[3])
+        held = members.get(group)
+        if held is None:
+            members[group] = [row]
         else:
-            members.append(user_id)
-            values[group].append(value)
+            held.append(row)
     partials = {} if into is None else into
-    for group, members in users.items():
+    for group, held in members.items():
         acc = partials.get(group)
         if acc is None:
             acc = partials[group] = Accumulator()
-        acc.add_many(members, values[group])
+        acc.add_rows(held)
     return partials
 
 

@@ -24,6 +24,7 @@ the loop do the same work with the same code.
 
 from __future__ import annotations
 
+import bisect
 import pickle
 import zlib
 from collections.abc import Iterable, Iterator
@@ -106,9 +107,12 @@ class BatchParser:
                 if type(result) is Rejection:
                     rejected.append((i, result))
                 else:
-                    valid.append(valid_of(i, result))
-            valid.sort()  # batch order, whichever path accepted a record
+                    bisect.insort(valid, valid_of(i, result), key=_position)  # batch order, whichever path
         return ValidBatch(batch, valid), rejected
+
+
+def _position(valid: Valid) -> int:
+    return valid[0]
 
 
 def dead_letters(batch: RecordBatch, rejected: list[tuple[int, Rejection]], stage: str) -> Iterator[dict[str, Any]]:
@@ -300,13 +304,13 @@ class _PreAggregateDoFn(beam.DoFn):
 
     def setup(self) -> None:
         self._window_fn = self._spec.window_fn()
-        self._slice_of = slicer(self._window_fn)
+        self._slicing = slicer(self._window_fn)
 
     def start_bundle(self) -> None:
         self._partials: dict[tuple[int, str, str | None], Accumulator] = {}
 
     def process(self, rows: list[Row]) -> None:
-        preaggregate(rows, self._slice_of, into=self._partials)
+        preaggregate(rows, self._slicing, into=self._partials)
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         partials, self._partials = self._partials, {}

@@ -92,8 +92,7 @@ class FastJsonValidator:
         prop = key_field[len("properties.") :] if key_field.startswith("properties.") else None
         self.enabled = key_field in FAST_KEY_FIELDS or bool(prop)
         self._property = prop
-        # Where the key sits in a Valid tuple when it is a contract field.
-        self._key_position = {"page": 5, "event_id": 1, "event_type": 2, "user_id": 3}.get(key_field, 0)
+        self._key_field = key_field
 
     def validate_batch(self, payloads: Sequence[bytes]) -> tuple[list[Valid], list[int]]:
         """(the records it accepts, the positions it leaves to the reference), in batch order.
@@ -111,7 +110,8 @@ class FastJsonValidator:
         seconds = self._seconds
         types = self._event_types
         prop = self._property
-        key_position = self._key_position
+        key_field = self._key_field
+        key_is_page = key_field == "page"
         suspects = self._suspects(payloads)
         for i, payload in enumerate(payloads):
             if suspects and i in suspects and not self._passes_guards(payload):
@@ -178,11 +178,14 @@ class FastJsonValidator:
             properties = plain.properties
             if properties is UNSET:
                 properties = None
-            row = (i, plain.event_id, event_type, plain.user_id, us, plain.page, value, properties)
-            if prop is None:
-                accept((*row, row[key_position]))
+            page = plain.page
+            if key_is_page:
+                key = page
+            elif prop is not None:
+                key = None if properties is None else properties.get(prop)
             else:
-                accept((*row, None if properties is None else properties.get(prop)))
+                key = getattr(plain, key_field)
+            accept((i, plain.event_id, event_type, plain.user_id, us, page, value, properties, key))
         return accepted, rest
 
     def _suspects(self, payloads: Sequence[bytes]) -> set[int]:

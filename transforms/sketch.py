@@ -40,6 +40,11 @@ class DistinctSketch:
     def add(self, value: str) -> None:
         self._hll.add(value)
 
+    def add_all(self, values: Iterable[str]) -> None:
+        add = self._hll.add
+        for value in values:
+            add(value)
+
     def merge(self, other: DistinctSketch | bytes) -> DistinctSketch:
         """Merges ``other`` into this sketch (in place) and returns ``self``."""
         data = other if isinstance(other, (bytes, bytearray)) else other.to_bytes()

@@ -65,20 +65,19 @@ class WindowSpec:
 SAFETY_MARGIN_S = 60
 
 
-def slicer(window_fn: beam_window.WindowFn) -> Callable[[int], int]:
-    """Event time (µs) -> the start of its *slice*: a stretch of time whose instants all belong to the same windows.
+def slicer(window_fn: beam_window.WindowFn) -> tuple[int, int]:
+    """(offset, step) in µs: event time ``t`` lies in the *slice* starting at ``t - (t - offset) % step``, a stretch
+    of time whose instants all belong to the same windows.
 
     Fixed windows: the window itself. Sliding windows whose size is a multiple of the period: the period (every
     window starts on a period boundary and spans whole periods). Anything else (sessions, other sliding windows):
     the instant itself, which is trivially right. Batched pre-aggregation keeps one accumulator per slice.
     """
     if isinstance(window_fn, beam_window.FixedWindows):
-        size, offset = window_fn.size.micros, window_fn.offset.micros
-        return lambda us: us - (us - offset) % size
+        return window_fn.offset.micros, window_fn.size.micros
     if isinstance(window_fn, beam_window.SlidingWindows) and window_fn.size.micros % window_fn.period.micros == 0:
-        period, offset = window_fn.period.micros, window_fn.offset.micros
-        return lambda us: us - (us - offset) % period
-    return lambda us: us
+        return window_fn.offset.micros, window_fn.period.micros
+    return 0, 1
 
 
 def windowed_partials(
