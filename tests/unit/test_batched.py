@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter
+from fractions import Fraction
 from pathlib import Path
 
 import apache_beam as beam
@@ -20,15 +21,18 @@ from apache_beam.io.range_trackers import OffsetRangeTracker
 from apache_beam.io.textio import _TextSource
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import transforms.io.files as files
 from pipelines.summary import counters
+from transforms.aggregate import Accumulator, exact_partials
 from transforms.analytics import AGGREGATES, DEAD_LETTERS, AnalyticsConfig, StreamingAnalytics
 from transforms.batched import DEDUP_SHARDS, pack_rows, shard_of, unpack_rows
 from transforms.dedup import keep_first_per_horizon
 from transforms.io.files import read_line_range, split_into_ranges
 from transforms.io.synthetic import generate, parse_synthetic_uri
-from transforms.records import RecordBatch
+from transforms.records import Event, RecordBatch
 from transforms.windowing import WindowSpec
 
 S = 1_000_000
@@ -165,3 +169,29 @@ def test_batched_graph_equals_record_by_record(tmp_path, window, key_field):
     assert batched == single
     assert batched_counters == single_counters
     assert batched_counters["duplicates"] > 0 and batched_counters["dead_letters"] > 0
+
+
+# --- pre-aggregation ------------------------------------------------------------------------------------------
+
+FLOATS = st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from([5e-324, -5e-324, 1.7976931348623157e308])
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(st.lists(FLOATS, max_size=30))
+def test_exact_partials_sum_exactly(values):
+    parts = exact_partials(values)
+    if parts is not None:
+        assert sum(map(Fraction, parts)) == sum(map(Fraction, values))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.tuples(st.integers(0, 30) | FLOATS, st.sampled_from(["u1", "u2", "u3", "é"])), max_size=40))
+def test_add_rows_is_adding_one_by_one(values):
+    rows = [("e", 0, "click", None, user, value) for value, user in values]
+    one_by_one, at_once = Accumulator(), Accumulator()
+    for event_id, when, event_type, key, user, value in rows:
+        one_by_one.add(Event(event_id, event_type, user, when, None, value, None, key, b"", "s", None, 0))
+    at_once.add_rows(rows)
+    assert at_once.count == one_by_one.count
+    assert at_once.value_sum() == one_by_one.value_sum()  # exact, or the same infinity beyond the double range
+    assert at_once.sketch.to_bytes() == one_by_one.sketch.to_bytes()
