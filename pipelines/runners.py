@@ -8,6 +8,9 @@ for streaming (TestStream, processing-time triggers). Every other runner is left
 
 from __future__ import annotations
 
+import glob
+import os
+
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineRunner
 from apache_beam.runners.worker import statesampler
@@ -46,6 +49,40 @@ def is_direct(options: PipelineOptions) -> bool:
     return options.view_as(StandardOptions).runner in DIRECT_NAMES
 
 
+# Bounded input at least this large runs on every core when --direct_num_workers is not given: starting worker
+# processes costs seconds (each imports Beam), which pays off from a few hundred thousand events on
+# (docs/benchmarks.md). Synthetic input counts ~150 bytes per event.
+MULTI_PROCESS_MIN_BYTES = 64 << 20
+_SYNTHETIC_EVENT_BYTES = 150
+
+
+def bounded_input_bytes(source: str) -> int | None:
+    """About how many bytes a bounded local source holds (files: their sizes), or None if unknown."""
+    from transforms.io import SYNTHETIC, is_replay, local_file_prefix, scheme_of
+    from transforms.io.synthetic import parse_synthetic_uri
+
+    if scheme_of(source) == SYNTHETIC:
+        return None if is_replay(source) else parse_synthetic_uri(source).events * _SYNTHETIC_EVENT_BYTES
+    path = local_file_prefix(source)
+    if path is None:
+        return None
+    return sum(os.path.getsize(match) for match in glob.glob(path) if os.path.isfile(match))
+
+
+def use_every_core_for_large_input(options: PipelineOptions, source: str) -> bool:
+    """Batch on the direct runner: one worker process per core for large input (the caller checks that
+    --direct_num_workers was not given). Returns whether it did."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    size = bounded_input_bytes(source)
+    if size is None or size < MULTI_PROCESS_MIN_BYTES or (os.cpu_count() or 1) < 2:
+        return False
+    direct = options.view_as(DirectOptions)
+    direct.direct_num_workers = 0  # Beam: one per core
+    direct.direct_running_mode = "multi_processing"
+    return True
+
+
 def local_runner(options: PipelineOptions, streaming: bool) -> PipelineRunner | None:
     """The runner object to use, or None to let Beam resolve ``--runner`` itself (Prism: cached binary filled in)."""
     if not is_direct(options):
@@ -69,7 +106,6 @@ PRISM_RUNNERS = ("PrismRunner",)
 
 def prism_binary() -> str:
     """Path of the cached ``prism`` binary; builds it with ``go install ...prism@PRISM_VERSION`` once (idempotent)."""
-    import os
     import shutil
     import subprocess
 

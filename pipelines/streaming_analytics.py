@@ -21,7 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipelines.graph import build_pipeline
 from pipelines.options import AnalyticsOptions, ConfigError, analytics_config, check_unknown_flags
-from pipelines.runners import local_runner
+from pipelines.runners import is_direct, local_runner, use_every_core_for_large_input
 from pipelines.summary import RunSummary, counters, read_rows
 from transforms.io import local_file_prefix
 
@@ -49,6 +49,10 @@ def _clear_previous_outputs(*prefixes: str | None) -> None:
             os.remove(path)
 
 
+def _given(argv: Sequence[str], flag: str) -> bool:
+    return any(arg == flag or arg.startswith(flag + "=") for arg in argv)
+
+
 def run(argv: Sequence[str]) -> RunSummary:
     """Validates, builds and runs the pipeline; returns its summary. Raises ConfigError for bad options."""
     check_unknown_flags(argv)
@@ -58,6 +62,10 @@ def run(argv: Sequence[str]) -> RunSummary:
     if config.streaming:
         standard.streaming = True
     opts = options.view_as(AnalyticsOptions)
+    workers = ""
+    batch_direct = not config.streaming and is_direct(options) and not _given(argv, "--direct_num_workers")
+    if batch_direct and use_every_core_for_large_input(options, opts.source):
+        workers = f", {os.cpu_count()} worker processes"
     sink, dead_letter_sink = local_file_prefix(opts.sink), local_file_prefix(opts.dead_letter_sink)
     _clear_previous_outputs(sink, dead_letter_sink)
 
@@ -68,7 +76,7 @@ def run(argv: Sequence[str]) -> RunSummary:
     result.wait_until_finish()
     seconds = time.perf_counter() - started
 
-    mode = f"{standard.runner or 'DirectRunner'}, {'streaming' if config.streaming else 'batch'}"
+    mode = f"{standard.runner or 'DirectRunner'}, {'streaming' if config.streaming else 'batch'}{workers}"
     summary = RunSummary(seconds, mode, counters(result))
     if sink:
         summary.aggregate_files, summary.aggregate_rows = read_rows(sink)
