@@ -41,6 +41,7 @@ VARIANTS = {
         Variant("parse_validate", "parse + validate alone, 1 core", ("parse_validate",)),
         Variant("beam1", "Beam batch, DirectRunner, 1 worker (in process)", ("beam", "--workers", "1")),
         Variant("beam2", "Beam batch, DirectRunner, 2 worker processes", ("beam", "--workers", "2")),
+        Variant("beam1_nodedup", "Beam batch, 1 worker, dedup off (memory reference)", ("beam", "--no-dedup")),
         Variant("flink", "Beam streaming, Flink, from Kafka", ("flink",)),
     )
 }

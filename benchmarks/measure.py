@@ -88,8 +88,21 @@ WORKER_FLAGS = {
 }
 
 
-def _beam(path: str, work: str, workers: str) -> dict[str, Any]:
+def _without_dedup() -> None:
+    """The job with dedup switched off (no option does that): shows what memory the rest of the job needs."""
+    import dataclasses
+
+    from pipelines import graph
+
+    configured = graph.analytics_config
+    graph.analytics_config = lambda options: dataclasses.replace(configured(options), dedup_impl="off")
+
+
+def _beam(path: str, work: str, workers: str, dedup: bool = True) -> dict[str, Any]:
     from pipelines.streaming_analytics import run
+
+    if not dedup:
+        _without_dedup()
 
     summary = run(
         [f"--source={path}", f"--sink={work}/aggregates", f"--dead_letter_sink={work}/dead_letter"]
@@ -103,7 +116,7 @@ def _beam(path: str, work: str, workers: str) -> dict[str, Any]:
     return {"counters": counters}
 
 
-def measure(variant: str, path: str, workers: str = "1") -> dict[str, Any]:
+def measure(variant: str, path: str, workers: str = "1", dedup: bool = True) -> dict[str, Any]:
     """Runs one variant on ``path``: events, seconds (wall), cpu_seconds, peak_rss (bytes), counters."""
     with tempfile.TemporaryDirectory(prefix="bench-") as work:
         if variant == "parse_validate":
@@ -112,7 +125,7 @@ def measure(variant: str, path: str, workers: str = "1") -> dict[str, Any]:
             from benchmarks.flink import measure_flink
 
             return measure_flink(path)
-        job = {"plain": lambda: _plain(path, work), "beam": lambda: _beam(path, work, workers)}[variant]
+        job = {"plain": lambda: _plain(path, work), "beam": lambda: _beam(path, work, workers, dedup)}[variant]
         _import_before_the_clock(variant)
         cpu, started = _cpu_seconds(), time.perf_counter()
         with PeakRss() as rss:
@@ -155,11 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("variant", choices=["plain", "parse_validate", "beam", "flink"])
     parser.add_argument("path")
     parser.add_argument("--workers", default="1", choices=sorted(WORKER_FLAGS))
+    parser.add_argument("--no-dedup", dest="dedup", action="store_false", help="beam: without the dedup step")
     args = parser.parse_args(argv)
     if not Path(args.path).exists():
         print(f"error: no such input file: {args.path}", file=sys.stderr)
         return 2
-    print(json.dumps(measure(args.variant, args.path, args.workers)))
+    print(json.dumps(measure(args.variant, args.path, args.workers, args.dedup)))
     return 0
 
 

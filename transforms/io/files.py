@@ -220,8 +220,13 @@ class _ProcessAppender:
 atexit.register(_ProcessAppender.close_all)
 
 
+# Rows a sink holds before appending them: a bundle can be a whole input (the direct runner's batch bundles are).
+_FLUSH_LINES = 4096
+
+
 class _AppendJsonLinesDoFn(beam.DoFn):
-    """Buffers a bundle's rows and appends them when the bundle finishes (before it is committed)."""
+    """Buffers a bundle's rows and appends them when the bundle finishes (before it is committed), or earlier
+    every few thousand rows so memory does not grow with the bundle."""
 
     def __init__(self, prefix: str) -> None:
         self._prefix = prefix
@@ -231,6 +236,9 @@ class _AppendJsonLinesDoFn(beam.DoFn):
 
     def process(self, row: dict[str, Any]) -> None:
         self._lines.append(orjson.dumps(row) + b"\n")
+        if len(self._lines) >= _FLUSH_LINES:
+            _ProcessAppender.write(self._prefix, self._lines)
+            self._lines = []
 
     def finish_bundle(self) -> None:
         if self._lines:
