@@ -20,7 +20,7 @@ import apache_beam as beam
 import fastavro
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import schemas
@@ -98,8 +98,8 @@ def topics(kafka_broker):
     return bootstrap, names
 
 
-def _produce(bootstrap: str, topic: str, payloads: list[bytes]) -> dict[bytes, tuple[int, int]]:
-    """Produces in order; returns payload -> (partition, offset) of its (last) delivery."""
+def _produce(bootstrap: str, topic: str, payloads: list[bytes], partitions: int = 1) -> dict[bytes, tuple[int, int]]:
+    """Produces in order (round-robin over ``partitions``); returns payload -> (partition, offset) of its delivery."""
     delivered: dict[bytes, tuple[int, int]] = {}
 
     def on_delivery(err, msg) -> None:
@@ -107,8 +107,10 @@ def _produce(bootstrap: str, topic: str, payloads: list[bytes]) -> dict[bytes, t
         delivered[msg.value()] = (msg.partition(), msg.offset())
 
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
-    for payload in payloads:
-        producer.produce(topic, value=payload, key=b"test-key", on_delivery=on_delivery)
+    for index, payload in enumerate(payloads):
+        producer.produce(
+            topic, value=payload, key=b"test-key", partition=index % partitions, on_delivery=on_delivery
+        )
     assert producer.flush(30) == 0
     return delivered
 
@@ -223,3 +225,83 @@ def test_kafka_to_bigquery_exact_aggregates_and_dead_letters(topics, bigquery_em
         dataset.drop()
     assert finals == expected
     assert {base64.b64decode(row["payload"]): row["error_code"] for row in dead} == bad
+
+
+def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offset per partition (the next offset it will read; -1001 = none)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        found = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return {tp.partition: tp.offset for tp in found}
+    finally:
+        consumer.close()
+
+
+def _run_until_committed(options: PipelineOptions, out: str, expected: dict, commit: tuple, deadline_s: float):
+    """Runs the pipeline until its aggregates files hold ``expected`` and the group committed ``commit``."""
+    bootstrap, group, topic, ends = commit
+    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
+    build_pipeline(pipeline, options)
+    result = pipeline.run()
+    finals, committed = {}, {}
+    try:
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            finals = final_counts(read_rows(out)[1])
+            committed = _committed(bootstrap, group, topic, len(ends))
+            if finals == expected and committed == ends:
+                break
+            time.sleep(1)
+    finally:
+        result.cancel()
+    return finals, committed
+
+
+def test_offsets_are_committed_and_a_restart_with_the_same_group_continues_where_it_stopped(kafka_broker, tmp_path):
+    bootstrap = kafka_broker.bootstrap_servers
+    topic, group, partitions = f"events-{uuid.uuid4().hex[:8]}", f"test-{uuid.uuid4().hex[:8]}", 2
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])[topic].result(timeout=30)
+    window_a = (now_us() // MINUTE_US - 4) * MINUTE_US
+    window_b = window_a + MINUTE_US
+
+    def argv(run: str) -> list[str]:
+        return [
+            f"--source=kafka://{bootstrap}/{topic}",
+            f"--sink={tmp_path / run / 'aggregates'}",
+            f"--dead_letter_sink={tmp_path / run / 'dead_letter'}",
+            f"--kafka_consumer_group={group}",
+            # Only for a group without committed offsets: the second run must start from the commits instead.
+            "--kafka_start_offset=earliest",
+            "--allowed_lateness=600",
+            "--early_firing=2",
+            "--runner=PrismRunner",
+            "--streaming",
+        ]
+
+    # Run 1: a fresh group reads from the earliest offset; 3 events on 2 partitions.
+    first = [_json(_fields(f"a{i}", window_a + i * 1_000_000, f"u{i}", i)) for i in range(1, 4)]
+    _produce(bootstrap, topic, first, partitions)
+    finals, committed = _run_until_committed(
+        PipelineOptions(argv("run1")),
+        str(tmp_path / "run1" / "aggregates"),
+        {(format_rfc3339_us(window_a), "click", "/home"): (3, 6.0, 3)},
+        (bootstrap, group, topic, {0: 2, 1: 1}),
+        DEADLINE_S,
+    )
+    assert finals == {(format_rfc3339_us(window_a), "click", "/home"): (3, 6.0, 3)}
+    assert committed == {0: 2, 1: 1}  # the end of what was read, per partition
+
+    # Run 2, same group, after 2 more events: it continues from the committed offsets and never sees run 1's events.
+    second = [_json(_fields(f"b{i}", window_b + i * 1_000_000, f"u{i}", 10 * i)) for i in range(1, 3)]
+    _produce(bootstrap, topic, second, partitions)
+    finals, committed = _run_until_committed(
+        PipelineOptions(argv("run2")),
+        str(tmp_path / "run2" / "aggregates"),
+        {(format_rfc3339_us(window_b), "click", "/home"): (2, 30.0, 2)},
+        (bootstrap, group, topic, {0: 3, 1: 2}),
+        DEADLINE_S,
+    )
+    assert finals == {(format_rfc3339_us(window_b), "click", "/home"): (2, 30.0, 2)}  # nothing of window_a re-read
+    assert committed == {0: 3, 1: 2}
+    assert read_rows(str(tmp_path / "run2" / "dead_letter"))[1] == []
