@@ -126,12 +126,12 @@ PARAMS: dict[str, Param] = {
         bad=("pubsub://projects/my-project/subscriptions/dead-letters", "out/", "gs://my-bucket/dlq", ""),
     ),
     "bigquery_write_method": Param(
-        regex="^STREAMING_INSERTS$",
-        examples=("STREAMING_INSERTS",),
-        bad=("STORAGE_WRITE_API", "FILE_LOADS", "fast"),
+        regex="^(STREAMING_INSERTS|STORAGE_WRITE_API)$",
+        examples=("STREAMING_INSERTS", "STORAGE_WRITE_API"),
+        bad=("FILE_LOADS", "fast"),
         label="BigQuery write method",
         param_type="ENUM",
-        enum=("STREAMING_INSERTS",),
+        enum=("STREAMING_INSERTS", "STORAGE_WRITE_API"),
     ),
     "bigquery_endpoint": Param(
         regex="^(https?://)?[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$",
@@ -140,6 +140,17 @@ PARAMS: dict[str, Param] = {
         label="BigQuery emulator endpoint",
         note="Tests only: leave empty on Dataflow (the job then uses its service account).",
         context={"*": ("--sink=bigquery://my-project.analytics.aggregates",)},
+    ),
+    "bigquery_storage_endpoint": Param(
+        regex="^([A-Za-z0-9.-]+|\\[[0-9A-Fa-f:.]+\\]):[0-9]{1,5}$",
+        examples=("127.0.0.1:9060", "localhost:9060"),
+        bad=("http://127.0.0.1:9060", "127.0.0.1", "host:port"),
+        lenient=("bigquerystorage.googleapis.com:443",),
+        label="BigQuery Storage API emulator address",
+        note="Tests only: leave empty on Dataflow (the job then uses its service account).",
+        context={
+            "*": ("--sink=bigquery://my-project.analytics.aggregates", "--bigquery_write_method=STORAGE_WRITE_API")
+        },
     ),
     "kafka_consumer_group": Param(
         regex="^[-A-Za-z0-9._]{1,255}$",

@@ -108,9 +108,7 @@ def _produce(bootstrap: str, topic: str, payloads: list[bytes], partitions: int 
 
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
     for index, payload in enumerate(payloads):
-        producer.produce(
-            topic, value=payload, key=b"test-key", partition=index % partitions, on_delivery=on_delivery
-        )
+        producer.produce(topic, value=payload, key=b"test-key", partition=index % partitions, on_delivery=on_delivery)
     assert producer.flush(30) == 0
     return delivered
 
@@ -188,9 +186,10 @@ def test_kafka_stream_gives_exact_aggregates_and_every_dead_letter(topics, tmp_p
     assert stages["window"] == 1 and stages["validate"] == 1 and sum(stages.values()) == len(bad)
 
 
-def test_kafka_to_bigquery_exact_aggregates_and_dead_letters(topics, bigquery_emulator):
+@pytest.mark.parametrize("method", ["STREAMING_INSERTS", "STORAGE_WRITE_API"])
+def test_kafka_to_bigquery_exact_aggregates_and_dead_letters(topics, bigquery_emulator, method):
     """Kafka -> Prism -> BigQuery emulator: both tables hold exactly the expected final aggregates and dead letters."""
-    from tests.integration.test_bigquery_sink import Dataset
+    from tests.integration.test_bigquery_sink import Dataset, endpoint_args
 
     bootstrap, names = topics
     dataset = Dataset(bigquery_emulator)
@@ -203,7 +202,7 @@ def test_kafka_to_bigquery_exact_aggregates_and_dead_letters(topics, bigquery_em
             f"--source=kafka://{bootstrap}/{names['events']}",
             f"--sink={dataset.uri('aggregates')}",
             f"--dead_letter_sink={dataset.uri('dead_letter')}",
-            f"--bigquery_endpoint={bigquery_emulator.endpoint}",
+            *endpoint_args(bigquery_emulator, method),
             f"--kafka_consumer_group=test-{uuid.uuid4().hex[:8]}",
             "--kafka_start_offset=earliest",
             "--allowed_lateness=600",
