@@ -164,16 +164,20 @@ def test_at_least_once_mode_writes_through_the_default_stream(bare_dataset: Data
 
 
 class _LateProxy:
-    """127.0.0.1:``port`` forwards to ``target``, but only from ``opens_after`` seconds on: before, connections
-    are refused (gRPC UNAVAILABLE), as when BigQuery's front end is briefly unreachable."""
+    """127.0.0.1:``port`` forwards to ``target`` once ``open_in(seconds)`` has elapsed: before, connections are
+    refused (gRPC UNAVAILABLE), as when BigQuery's front end is briefly unreachable."""
 
-    def __init__(self, target: str, opens_after: float) -> None:
+    def __init__(self, target: str) -> None:
         host, _, port = target.rpartition(":")
         self._target = (host, int(port))
         self.port = free_port()
         self._stop = threading.Event()
         self._server: socket.socket | None = None
-        threading.Timer(opens_after, self._open).start()
+
+    def open_in(self, seconds: float) -> None:
+        timer = threading.Timer(seconds, self._open)
+        timer.daemon = True
+        timer.start()
 
     @property
     def address(self) -> str:
@@ -194,6 +198,8 @@ class _LateProxy:
                 client, _ = self._server.accept()
             except TimeoutError:
                 continue
+            except OSError:  # closed by close()
+                return
             upstream = socket.create_connection(self._target)
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
@@ -214,7 +220,7 @@ class _LateProxy:
 
 @pytest.fixture
 def late_proxy(bigquery_emulator: BigQueryEmulator) -> Iterator[_LateProxy]:
-    proxy = _LateProxy(bigquery_emulator.grpc_host, opens_after=3.0)
+    proxy = _LateProxy(bigquery_emulator.grpc_host)
     yield proxy
     proxy.close()
 
@@ -222,6 +228,7 @@ def late_proxy(bigquery_emulator: BigQueryEmulator) -> Iterator[_LateProxy]:
 def test_transient_errors_are_retried_with_backoff_and_no_row_is_lost(dataset: Dataset, file_run, late_proxy):
     reference = file_run(f"--source={SOURCE}")
     started = time.monotonic()
+    late_proxy.open_in(3.0)  # until then nothing listens on the sink's Storage API address
     with local_network_only() as attempts:
         from pipelines.streaming_analytics import run
 

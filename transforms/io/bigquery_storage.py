@@ -340,8 +340,8 @@ class StorageWriter:
             try:
                 stream = self._with_backoff(self._create_stream)
             except api_exceptions.GoogleAPICallError as exc:
-                return self._result(None, 0, refused + self._refuse_all(requests, exc), [], 0, 0)
-            return self._result(stream, 0, refused, [row for request in requests for row, _ in request], 0, 0)
+                return WriteResult(None, 0, refused + self._refuse_all(requests, exc), [], 0, 0)
+            return WriteResult(stream, 0, refused, [row for request in requests for row, _ in request], 0, 0)
         index = 0
         while index < len(requests):
             request = requests[index]
@@ -362,39 +362,34 @@ class StorageWriter:
                     stream = self._with_backoff(self._create_stream)
                 except api_exceptions.GoogleAPICallError as exc:
                     refused += self._refuse_all(requests[index:], exc)
-                    return self._result(None, 0, refused, [], appended, already)
+                    return WriteResult(None, 0, refused, [], appended, already)
                 rest = [row for later in requests[index:] for row, _ in later]
-                return self._result(stream, 0, refused, rest, appended, already)
+                return WriteResult(stream, 0, refused, rest, appended, already)
             if response.kind == "failed":
                 errors = [_error(response.code, response.message)]
                 refused += [(row, errors) for later in requests[index:] for row, _ in later]
-                return self._result(stream, offset, refused, [], appended, already)
+                return WriteResult(stream, offset, refused, [], appended, already)
             # rows_refused: the request wrote nothing; its other rows are sent again.
-            bad = {i for i, _, _ in response.row_errors if 0 <= i < len(request)}
-            if not bad:
+            bad: dict[int, list[dict[str, str]]] = {}  # one dead letter per row, with all of its errors
+            for i, code, text in response.row_errors:
+                if 0 <= i < len(request):
+                    bad.setdefault(i, []).append(_error(code, text))
+            if bad:
+                refused += [(request[i][0], errors) for i, errors in sorted(bad.items())]
+                good = [item for i, item in enumerate(request) if i not in bad]
+            else:  # row errors that name no row of the request: the request as a whole is refused
                 refused += [(row, [_error(response.code, response.message)]) for row, _ in request]
-                index += 1
-                continue
-            for i, code, message in response.row_errors:
-                if i in bad:
-                    refused.append((request[i][0], [_error(code, message)]))
-            good = [item for i, item in enumerate(request) if i not in bad]
+                good = []
             if self.exactly_once:
                 # Not in this bundle: a retry would meet ALREADY_EXISTS at this offset without learning which rows
                 # were refused. From state, a later bundle sends them the same way on every attempt.
                 rest = [row for row, _ in good] + [row for later in requests[index + 1 :] for row, _ in later]
-                return self._result(stream, offset, refused, rest, appended, already)
+                return WriteResult(stream, offset, refused, rest, appended, already)
             if good:
                 requests[index] = good
             else:
                 index += 1
-        return self._result(stream, offset, refused, [], appended, already)
-
-    @staticmethod
-    def _result(stream, offset, refused, leftover, appended, already) -> WriteResult:
-        if refused:
-            _counter("bigquery_rows_refused_by_storage_write").inc(len(refused))
-        return WriteResult(stream, offset, refused, leftover, appended, already)
+        return WriteResult(stream, offset, refused, [], appended, already)
 
     def _requests(self, rows: Iterable[dict[str, Any]], refused: list[Refusal]) -> list[list[tuple[dict, bytes]]]:
         """Rows -> requests of (row, serialized row) under the size limit; rows that cannot be sent -> ``refused``."""
