@@ -60,7 +60,8 @@ class AnalyticsOptions(PipelineOptions):
             "--source",
             default=DEMO_SOURCE,
             help="Where records come from: a local path or glob (JSON lines, or Avro container files with "
-            "--format=avro), pubsub://projects/P/subscriptions/S or pubsub://projects/P/topics/T (streaming), or "
+            "--format=avro), pubsub://projects/P/subscriptions/S or pubsub://projects/P/topics/T (streaming), "
+            "kafka://HOST:PORT[,HOST:PORT]/TOPIC (streaming, portable runner), or "
             "synthetic://?events=N&rate=R&keys=K&bad=..&duplicates=..&late=..&too_late=.. "
             "(mode=replay replays a bounded stream on a simulated clock). Default: the embedded demo.",
         )
@@ -74,8 +75,8 @@ class AnalyticsOptions(PipelineOptions):
         group.add_argument(
             "--dead_letter_sink",
             default=DEFAULT_DEAD_LETTER_SINK,
-            help="Dead letters: a path prefix for newline-delimited JSON files, pubsub://projects/P/topics/T or "
-            "bigquery://PROJECT.DATASET.TABLE.",
+            help="Dead letters: a path prefix for newline-delimited JSON files, pubsub://projects/P/topics/T, "
+            "kafka://HOST:PORT[,HOST:PORT]/TOPIC or bigquery://PROJECT.DATASET.TABLE.",
         )
         group.add_argument(
             "--bigquery_write_method",

@@ -117,10 +117,11 @@ PARAMS: dict[str, Param] = {
         label="Aggregates sink",
     ),
     "dead_letter_sink": Param(
-        regex=f"^({_PUBSUB_TOPIC}|{_BIGQUERY_TABLE}|{_PATH_PREFIX})$",
+        regex=f"^({_PUBSUB_TOPIC}|{_KAFKA}|{_BIGQUERY_TABLE}|{_PATH_PREFIX})$",
         examples=(
             "output/dead_letter",
             "pubsub://projects/my-project/topics/dead-letters",
+            "kafka://broker-1:9092,broker-2:9092/events-dlq",
             "bigquery://my-project.analytics.dead_letter",
         ),
         bad=("pubsub://projects/my-project/subscriptions/dead-letters", "out/", "gs://my-bucket/dlq", ""),

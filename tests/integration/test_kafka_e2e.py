@@ -186,8 +186,9 @@ def test_kafka_stream_gives_exact_aggregates_and_every_dead_letter(topics, tmp_p
     assert stages["window"] == 1 and stages["validate"] == 1 and sum(stages.values()) == len(bad)
 
 
-@pytest.mark.parametrize("method", ["STREAMING_INSERTS", "STORAGE_WRITE_API"])
-def test_kafka_to_bigquery_exact_aggregates_and_dead_letters(topics, bigquery_emulator, method):
+# Each format and each write method once (both formats x both methods would add two minutes for no new path).
+@pytest.mark.parametrize(("fmt", "method"), [("json", "STREAMING_INSERTS"), ("confluent-avro", "STORAGE_WRITE_API")])
+def test_kafka_to_bigquery_exact_aggregates_and_dead_letters(topics, bigquery_emulator, fmt, method):
     """Kafka -> Prism -> BigQuery emulator: both tables hold exactly the expected final aggregates and dead letters."""
     from tests.integration.test_bigquery_sink import Dataset, endpoint_args
 
@@ -195,11 +196,12 @@ def test_kafka_to_bigquery_exact_aggregates_and_dead_letters(topics, bigquery_em
     dataset = Dataset(bigquery_emulator)
     window_a = (now_us() // MINUTE_US - 4) * MINUTE_US
     window_b = window_a + MINUTE_US
-    valid, bad = _mix("json", window_a)
-    _produce(bootstrap, names["events"], [*valid, valid[0], *bad])
+    valid, bad = _mix(fmt, window_a)
+    delivered = _produce(bootstrap, names["events"], [*valid, valid[0], *bad])
     options = PipelineOptions(
         [
             f"--source=kafka://{bootstrap}/{names['events']}",
+            f"--format={fmt}",
             f"--sink={dataset.uri('aggregates')}",
             f"--dead_letter_sink={dataset.uri('dead_letter')}",
             *endpoint_args(bigquery_emulator, method),
@@ -223,7 +225,11 @@ def test_kafka_to_bigquery_exact_aggregates_and_dead_letters(topics, bigquery_em
         result.cancel()
         dataset.drop()
     assert finals == expected
-    assert {base64.b64decode(row["payload"]): row["error_code"] for row in dead} == bad
+    assert len(dead) == len(bad)
+    assert {base64.b64decode(row["payload"]): row["error_code"] for row in dead} == bad  # the original bytes
+    for row in dead:  # the JSON column holds the record's position, as an object
+        payload = base64.b64decode(row["payload"])
+        assert (row["source_metadata"]["partition"], row["source_metadata"]["offset"]) == delivered[payload]
 
 
 def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
