@@ -278,6 +278,26 @@ def test_provisioning_is_idempotent_and_creates_partitioned_clustered_tables_and
         client.close()
 
 
+def test_an_object_a_concurrent_run_created_first_is_found_not_an_error(bigquery_emulator: BigQueryEmulator):
+    """Two provisioning runs at once: the one whose create comes second gets 409 and checks the existing object.
+
+    The race itself is not run here: local-bigquery's DuckLake catalog fails concurrent creates with "400 Failed to
+    commit DuckLake transaction" instead of BigQuery's 409, so the create-after-lookup step is called directly."""
+    project, name = bigquery_emulator.project, _unique("race")
+    client = bigquery_emulator.client()
+    try:
+        with local_network_only() as attempts:
+            assert provision.create_or_get_dataset(client, bigquery.Dataset(f"{project}.{name}")) is None
+            assert provision.create_or_get_dataset(client, bigquery.Dataset(f"{project}.{name}")).dataset_id == name
+            wanted = provision.aggregates_table(f"{project}.{name}.aggregates")
+            assert provision.create_or_get_table(client, wanted) is None
+            assert provision.create_or_get_table(client, wanted).clustering_fields == ["event_type", "key"]
+        assert attempts == []
+    finally:
+        client.delete_dataset(f"{project}.{name}", delete_contents=True, not_found_ok=True)
+        client.close()
+
+
 # ---- the sink ------------------------------------------------------------------------------------------------
 
 
