@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.runners import is_direct, retries_with_stable_input
+from pipelines.runners import is_direct, reads_pubsub, retries_with_stable_input
 from transforms.analytics import (
     TIMESTAMP_KAFKA,
     TIMESTAMP_PAYLOAD,
@@ -229,6 +229,12 @@ def analytics_config(options: PipelineOptions) -> AnalyticsConfig:
         raise ConfigError(
             "--source: mode=replay (and the default embedded demo) replays through TestStream, which only the "
             "direct runner runs; give a pubsub://, kafka://, gs:// or synthetic:// (without mode=replay) source"
+        )
+    if scheme_of(opts.source) == PUBSUB and not reads_pubsub(options):
+        runner = options.view_as(StandardOptions).runner
+        raise ConfigError(
+            f"--source: pubsub:// sources run on the direct runner and Dataflow, not on {runner}: Beam's Pub/Sub read "
+            "is a Dataflow-native transform (beam:transform:pubsub_read:v1) that other runners do not implement"
         )
     if is_replay(opts.source) or is_unbounded(opts.source):
         streaming = True  # a replay is a stream on a simulated clock; a broker never ends

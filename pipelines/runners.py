@@ -56,6 +56,16 @@ def retries_with_stable_input(options: PipelineOptions) -> bool:
     return options.view_as(StandardOptions).runner in STABLE_RETRY_RUNNERS
 
 
+# Runners that can read Pub/Sub from Python: ReadFromPubSub expands to beam:transform:pubsub_read:v1, which only
+# Dataflow implements; the direct runner substitutes its own reader. Prism refuses it ("unimplemented features",
+# seen), Flink does not know the URN.
+PUBSUB_READ_RUNNERS = (*DIRECT_NAMES, "BundleBasedDirectRunner", "DataflowRunner", "TestDataflowRunner")
+
+
+def reads_pubsub(options: PipelineOptions) -> bool:
+    return options.view_as(StandardOptions).runner in PUBSUB_READ_RUNNERS
+
+
 def local_runner(options: PipelineOptions, streaming: bool) -> PipelineRunner | None:
     """The runner object to use, or None to let Beam resolve ``--runner`` itself (Prism: cached binary filled in)."""
     if not is_direct(options):
