@@ -19,7 +19,17 @@ from transforms.analytics import (
     TIMESTAMP_SOURCES,
     AnalyticsConfig,
 )
-from transforms.io import KAFKA, PUBSUB, UnsupportedUri, check_sink, check_source, is_replay, is_unbounded, scheme_of
+from transforms.io import (
+    KAFKA,
+    PUBSUB,
+    UnsupportedUri,
+    check_sink,
+    check_source,
+    is_cross_language,
+    is_replay,
+    is_unbounded,
+    scheme_of,
+)
 from transforms.io.bigquery import SCHEME as BIGQUERY
 from transforms.io.bigquery import (
     STORAGE_WRITE_API,
@@ -230,6 +240,14 @@ def analytics_config(options: PipelineOptions) -> AnalyticsConfig:
             "--source: mode=replay (and the default embedded demo) replays through TestStream, which only the "
             "direct runner runs; give a pubsub://, kafka://, gs:// or synthetic:// (without mode=replay) source"
         )
+    if is_direct(options):
+        for name in ("source", "sink", "dead_letter_sink"):
+            if is_cross_language(getattr(opts, name)):
+                raise ConfigError(
+                    f"--{name}: {scheme_of(getattr(opts, name))}:// runs Beam's Java KafkaIO (cross-language), which "
+                    "the direct runner cannot run; add --runner=PrismRunner (built and cached by the project) or use "
+                    "Dataflow"
+                )
     if scheme_of(opts.source) == PUBSUB and not reads_pubsub(options):
         runner = options.view_as(StandardOptions).runner
         raise ConfigError(

@@ -98,6 +98,8 @@ PARAMS: dict[str, Param] = {
             "synthetic://?events=5000&rate=100&keys=20&users=500&bad=0.03&duplicates=0.02&late=0.02&seed=42",
         ),
         bad=("ftp://host/events.jsonl", "s3://bucket/events/*.jsonl", "pubsub://projects/p/queues/x", ""),
+        # The template launches on Dataflow; locally Kafka needs a portable runner too (not the direct runner).
+        context={"kafka://broker-1:9092,broker-2:9092/events": ("--runner=DataflowRunner",)},
         required=True,
         note="Required in the template: the CLI's default (the embedded demo) replays through TestStream, which "
         "only the direct runner runs.",
@@ -125,6 +127,12 @@ PARAMS: dict[str, Param] = {
             "bigquery://my-project.analytics.dead_letter",
         ),
         bad=("pubsub://projects/my-project/subscriptions/dead-letters", "out/", "gs://my-bucket/dlq", ""),
+        context={
+            "kafka://broker-1:9092,broker-2:9092/events-dlq": (
+                "--runner=DataflowRunner",
+                "--source=pubsub://projects/my-project/subscriptions/events",
+            )
+        },
     ),
     "bigquery_write_method": Param(
         regex="^(STREAMING_INSERTS|STORAGE_WRITE_API)$",
@@ -178,7 +186,7 @@ PARAMS: dict[str, Param] = {
         note="publish_time needs a pubsub:// source, kafka_timestamp a kafka:// source",
         context={
             "publish_time": ("--source=pubsub://projects/my-project/subscriptions/events",),
-            "kafka_timestamp": ("--source=kafka://127.0.0.1:9092/events",),
+            "kafka_timestamp": ("--source=kafka://127.0.0.1:9092/events", "--runner=DataflowRunner"),
         },
     ),
     "window": Param(

@@ -76,16 +76,18 @@ def test_start_offsets():
         ),
         (["--source=kafka://b:1/a,b"], "--source"),
         (["--dead_letter_sink=kafka://b/t"], "--dead_letter_sink"),
+        (["--source=kafka://b:1/t", "--runner=DirectRunner"], "the direct runner cannot run"),
     ],
 )
 def test_bad_kafka_options_fail_at_start_up(argv, words):
     with pytest.raises(ConfigError) as raised:
-        analytics_config(PipelineOptions(["--sink=/nonexistent/a", *argv]))
+        analytics_config(PipelineOptions(["--sink=/nonexistent/a", "--runner=PrismRunner", *argv]))
     assert words in str(raised.value)
 
 
 def test_kafka_options_are_one_line_errors_on_the_cli(capsys):
-    assert main(["--source=kafka://b:1/t", "--kafka_start_offset=first", "--sink=/nonexistent/a"]) == 2
+    argv = ["--runner=PrismRunner", "--source=kafka://b:1/t", "--kafka_start_offset=first", "--sink=/nonexistent/a"]
+    assert main(argv) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "error: --kafka_start_offset must be one of earliest, latest, got 'first'"
 
