@@ -98,8 +98,11 @@ def topics(kafka_broker):
     return bootstrap, names
 
 
-def _produce(bootstrap: str, topic: str, payloads: list[bytes], partitions: int = 1) -> dict[bytes, tuple[int, int]]:
-    """Produces in order (round-robin over ``partitions``); returns payload -> (partition, offset) of its delivery."""
+def _produce(
+    bootstrap: str, topic: str, payloads: list[bytes], partitions: int = 1, timestamps_ms: list[int] | None = None
+) -> dict[bytes, tuple[int, int]]:
+    """Produces in order (round-robin over ``partitions``; record timestamps ``timestamps_ms`` if given, else the
+    producer's clock); returns payload -> (partition, offset) of its delivery."""
     delivered: dict[bytes, tuple[int, int]] = {}
 
     def on_delivery(err, msg) -> None:
@@ -108,7 +111,14 @@ def _produce(bootstrap: str, topic: str, payloads: list[bytes], partitions: int 
 
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
     for index, payload in enumerate(payloads):
-        producer.produce(topic, value=payload, key=b"test-key", partition=index % partitions, on_delivery=on_delivery)
+        producer.produce(
+            topic,
+            value=payload,
+            key=b"test-key",
+            partition=index % partitions,
+            timestamp=timestamps_ms[index] if timestamps_ms else 0,  # 0: the producer's clock
+            on_delivery=on_delivery,
+        )
     assert producer.flush(30) == 0
     return delivered
 
@@ -310,3 +320,46 @@ def test_offsets_are_committed_and_a_restart_with_the_same_group_continues_where
     assert finals == {(format_rfc3339_us(window_b), "click", "/home"): (2, 30.0, 2)}  # nothing of window_a re-read
     assert committed == {0: 3, 1: 2}
     assert read_rows(str(tmp_path / "run2" / "dead_letter"))[1] == []
+
+
+def test_kafka_timestamp_is_the_event_time_when_asked(topics, tmp_path):
+    """--timestamp_source=kafka_timestamp: windows follow the records' Kafka timestamps, not the payloads'
+    event_time (two hours old: as payload time every record would be too late and dead-lettered)."""
+    bootstrap, names = topics
+    window_a = (now_us() // MINUTE_US - 4) * MINUTE_US
+    window_b = window_a + MINUTE_US
+    stale = window_a - 120 * MINUTE_US
+    events = [_json(_fields(f"k{i}", stale + i * 1_000_000, f"u{i}", i)) for i in range(1, 4)]
+    kafka_times = [window_a + 1_000_000, window_a + 2_000_000, window_b + 1_000_000]  # microseconds
+    _produce(bootstrap, names["events"], events, timestamps_ms=[t // 1000 for t in kafka_times])
+    options = PipelineOptions(
+        [
+            f"--source=kafka://{bootstrap}/{names['events']}",
+            f"--sink={tmp_path / 'aggregates'}",
+            f"--dead_letter_sink={tmp_path / 'dead_letter'}",
+            "--timestamp_source=kafka_timestamp",
+            f"--kafka_consumer_group=test-{uuid.uuid4().hex[:8]}",
+            "--kafka_start_offset=earliest",
+            "--allowed_lateness=600",
+            "--early_firing=2",
+            "--runner=PrismRunner",
+            "--streaming",
+        ]
+    )
+    expected = {
+        (format_rfc3339_us(window_a), "click", "/home"): (2, 3.0, 2),
+        (format_rfc3339_us(window_b), "click", "/home"): (1, 3.0, 1),
+    }
+    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
+    build_pipeline(pipeline, options)
+    result = pipeline.run()
+    finals: dict = {}
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline and finals != expected:
+            finals = final_counts(read_rows(str(tmp_path / "aggregates"))[1])
+            time.sleep(1)
+    finally:
+        result.cancel()
+    assert finals == expected
+    assert read_rows(str(tmp_path / "dead_letter"))[1] == []  # nothing too late
