@@ -286,7 +286,7 @@ def test_an_offset_already_written_is_answered_already_exists_and_not_stored_aga
     assert _without(_aggregates(dataset.client, dataset.table("aggregates"))) == _without([*rows, _aggregate(7)])
 
 
-def test_a_stream_that_disappeared_is_replaced(dataset: Dataset):
+def test_a_stream_that_disappeared_or_is_behind_the_state_is_replaced(dataset: Dataset):
     writer = _writer(dataset, "aggregates")
     gone = f"{writer.table}/streams/0123456789abcdef"  # e.g. expired, or held by an emulator that restarted
     try:
@@ -294,9 +294,13 @@ def test_a_stream_that_disappeared_is_replaced(dataset: Dataset):
         assert result.stream not in (None, gone) and result.offset == 0 and len(result.leftover) == 2
         stored = writer.write(result.leftover, result.stream, result.offset)
         assert stored.appended == 2
+        # An offset beyond the stream's end (OUT_OF_RANGE): the rows are not at fault, a new stream takes them.
+        behind = writer.write([_aggregate(3)], stored.stream, stored.offset + 40)
+        assert behind.stream not in (None, stored.stream) and behind.refused == [] and len(behind.leftover) == 1
+        assert writer.write(behind.leftover, behind.stream, behind.offset).appended == 1
     finally:
         writer.close()
-    assert len(_select(dataset.client, dataset.table("aggregates"))) == 2
+    assert len(_select(dataset.client, dataset.table("aggregates"))) == 3
 
 
 def test_json_column_and_oversized_rows(dataset: Dataset):

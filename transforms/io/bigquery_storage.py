@@ -468,9 +468,7 @@ class StorageWriter:
             code = _exception_code(exc)
             if code in _TRANSIENT_CODES:
                 raise
-            if stream is not None and code in _STREAM_SUSPECT_CODES and not self._stream_usable(stream):
-                return _Response("stream_unusable", code=code, message=_exception_message(exc))
-            return _Response("failed", code=code, message=_exception_message(exc))
+            return self._request_or_stream_error(stream, code, _exception_message(exc))
         if not responses:
             raise api_exceptions.ServiceUnavailable("AppendRows ended without a response")
         response = responses[0]
@@ -487,7 +485,17 @@ class StorageWriter:
             return _Response("rows_refused", row_errors=errors, code=code, message=text)
         if code in _TRANSIENT_CODES:
             raise api_exceptions.from_grpc_status(_grpc_code(code), text)
-        if stream is not None and code in _STREAM_SUSPECT_CODES and not self._stream_usable(stream):
+        return self._request_or_stream_error(stream, code, text)
+
+    def _request_or_stream_error(self, stream: str | None, code: str, text: str) -> _Response:
+        """A permanent error: about the stream (a new one takes the rows) or about the request (its rows refused).
+
+        OUT_OF_RANGE (the offset in state is beyond the stream's end) always means the stream: its rows are not at
+        fault, and only a new stream has a known end.
+        """
+        if stream is not None and (
+            code == "OUT_OF_RANGE" or (code in _STREAM_SUSPECT_CODES and not self._stream_usable(stream))
+        ):
             return _Response("stream_unusable", code=code, message=text)
         return _Response("failed", code=code, message=text)
 
