@@ -259,9 +259,10 @@ def test_key_is_not_in_the_pipeline_graph(monkeypatch, tmp_path):
 
 
 def readable_graph(proto) -> bytes:
-    """The pipeline proto plus every pickled DoFn decompressed (Beam stores them base64 + bz2/zlib), so that the
-    strings inside can be searched."""
+    """The pipeline proto plus every Python-pickled DoFn decompressed (Beam stores them as base64 of bz2 or zlib), so
+    the strings inside can be searched. Java transforms' payloads (Java serialization) are plain in the proto."""
     import base64 as b64
+    import binascii
     import bz2
     import zlib
 
@@ -270,10 +271,17 @@ def readable_graph(proto) -> bytes:
 
     parts = [proto.SerializeToString()]
     for transform in proto.components.transforms.values():
-        if transform.spec.urn == common_urns.primitives.PAR_DO.urn:
-            packed = b64.b64decode(beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload).do_fn.payload)
+        if transform.spec.urn != common_urns.primitives.PAR_DO.urn:
+            continue
+        payload = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload).do_fn.payload
+        try:
+            packed = b64.b64decode(payload, validate=True)
+        except binascii.Error:
+            continue  # not a Python pickle
+        for decompress in (bz2.decompress, zlib.decompress):
             try:
-                parts.append(bz2.decompress(packed))
-            except OSError:
-                parts.append(zlib.decompress(packed))
+                parts.append(decompress(packed))
+                break
+            except (OSError, zlib.error):
+                continue
     return b"".join(parts)
