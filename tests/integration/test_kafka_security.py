@@ -10,12 +10,17 @@ A wrong password and an untrusted CA fail the job with Kafka's own clear error.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import apache_beam as beam
 import pytest
@@ -32,6 +37,7 @@ from tests.integration.results import final_counts
 from tests.integration.test_kafka_e2e import _mix
 from transforms.timefmt import format_rfc3339_us, now_us
 
+ROOT = Path(__file__).resolve().parents[2]
 MINUTE_US = 60_000_000
 DEADLINE_S = 120
 USER = "analytics-pipeline"
@@ -260,3 +266,121 @@ def test_bad_credentials_fail_clearly(secure_kafka, tls_files, password, tmp_pat
     assert expected_error in error, error[-3000:]
     assert password not in error
     assert os.environ[PASSWORD_ENV] not in error
+
+
+# ---- no secret in logs, options, graph or outputs --------------------------------------------------------------------
+
+CLI = (
+    "import logging, sys\n"
+    "logging.basicConfig(level=logging.DEBUG, format='%(levelname)s %(name)s: %(message)s')\n"
+    "from pipelines.streaming_analytics import main\n"
+    "sys.exit(main())\n"
+)
+HMAC_KEY_ENV = "RA_TEST_PSEUDONYMIZATION_KEY"
+
+
+def _cli_argv(broker: SecureKafkaBroker, tls_files: tls.TlsFiles, names: dict, out) -> list[str]:
+    servers = broker.sasl_ssl_bootstrap_servers
+    return [
+        f"--source=kafka://{servers}/{names['events']}",
+        f"--sink={out / 'aggregates'}",
+        f"--dead_letter_sink=kafka://{servers}/{names['dlq']}",
+        "--kafka_security_protocol=SASL_SSL",
+        f"--kafka_sasl_username={USER}",
+        f"--kafka_sasl_password=env:{PASSWORD_ENV}",
+        f"--kafka_ssl_ca_cert={tls_files.ca}",
+        f"--kafka_consumer_group=test-{uuid.uuid4().hex[:8]}",
+        "--kafka_start_offset=earliest",
+        "--key_field=user_id",
+        "--pseudonymize_user_id",
+        f"--pseudonymization_key=env:{HMAC_KEY_ENV}",
+        "--early_firing=2",
+        "--runner=PrismRunner",
+        "--default_sdk_harness_log_level=DEBUG",
+    ]
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Ends the CLI and everything it started (Prism, Java workers): its own process group, SIGTERM then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=20)
+
+
+def test_no_secret_in_logs_options_graph_or_outputs(secure_kafka, tls_files, password, tmp_path):
+    """The CLI at DEBUG (Python and the SDK workers) with a SASL password and an HMAC key from the environment: neither
+    appears in its stdout/stderr, any file it wrote, the pipeline options, the pipeline graph or the Dataflow job."""
+    from tests.unit.test_pseudonymize import readable_graph
+
+    hmac_key = "hmac-" + secrets.token_urlsafe(40)
+    client = _sasl_client(secure_kafka, tls_files, password)
+    names = _topics(client)
+    window_a = (now_us() // MINUTE_US - 4) * MINUTE_US
+    valid, bad = _mix("json", window_a)
+    _produce(client, names["events"], [*valid, valid[0], *bad])
+    out = tmp_path / "run"
+    out.mkdir()
+    argv = _cli_argv(secure_kafka, tls_files, names, out)
+    env = {**os.environ, PASSWORD_ENV: password, HMAC_KEY_ENV: hmac_key, "PYTHONPATH": str(ROOT)}
+    log = tmp_path / "cli.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-c", CLI, *argv], cwd=out, env=env, stdout=sink, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        consumer = Consumer({**client, "group.id": f"check-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "earliest"})
+        consumer.subscribe([names["dlq"]])
+        dead: list = []
+        try:
+            deadline = time.monotonic() + DEADLINE_S
+            while time.monotonic() < deadline and process.poll() is None:
+                message = consumer.poll(0.5)
+                if message is not None and message.error() is None:
+                    dead.append(message.value())
+                rows = read_rows(str(out / "aggregates"))[1]
+                if len(final_counts(rows)) == 4 and len(dead) >= len(bad):  # (u1, u2 | u3, u3) per window and type
+                    break
+        finally:
+            _stop(process)
+            consumer.close()
+    text = log.read_bytes()
+    assert b"DEBUG" in text and len(text) > 10_000, "the run did not log at DEBUG"
+    assert len(final_counts(read_rows(str(out / "aggregates"))[1])) == 4 and len(dead) == len(bad), text[-3000:]
+
+    leaks = {"password": password.encode(), "hmac key": hmac_key.encode()}
+    written = [text, *(p.read_bytes() for p in out.rglob("*") if p.is_file()), *dead]
+    for what, secret in leaks.items():
+        assert not any(secret in blob for blob in written), f"the {what} is in the CLI output or a file it wrote"
+    assert not any(b'"u1"' in blob or b'"u3"' in blob for blob in [*written[1:], *dead])  # no raw user_id out
+
+    # The options as a runner receives them, and the graph: built here the same way, Kafka transforms expanded.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(PASSWORD_ENV, password)
+        mp.setenv(HMAC_KEY_ENV, hmac_key)
+        options = PipelineOptions(argv)
+        pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
+        build_pipeline(pipeline, options)
+        graph = readable_graph(pipeline.to_runner_api())
+        serialized = json.dumps(options.get_all_options(retain_unknown_options=True), default=str).encode()
+        dataflow = _dataflow_job_text(argv)
+    assert f"${{env:{PASSWORD_ENV}}}".encode() in graph and f"env:{HMAC_KEY_ENV}".encode() in graph
+    for what, secret in leaks.items():
+        assert secret not in graph, f"the {what} is in the pipeline graph"
+        assert secret not in serialized, f"the {what} is in the pipeline options"
+        assert secret not in dataflow, f"the {what} is in the Dataflow job (what its UI shows)"
+
+
+def _dataflow_job_text(argv: list[str]) -> bytes:
+    """The Dataflow job request (options, display data, steps, pipeline proto) a flex template launch would send."""
+    from pipelines.flex_template import run
+    from pipelines.labels import DATAFLOW_DRY_RUN
+    from tests.unit.test_pseudonymize import readable_graph
+
+    kept = [a for a in argv if not a.startswith(("--runner", "--default_sdk"))]
+    result = run([*DATAFLOW_DRY_RUN, *kept])
+    return str(result.job.proto).encode() + readable_graph(result.job.proto_pipeline)
