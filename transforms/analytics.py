@@ -14,6 +14,7 @@ from apache_beam.utils.timestamp import Timestamp
 from transforms import dead_letter as dl
 from transforms.aggregate import WindowedAggregates
 from transforms.dedup import DEFAULT_DEDUP_HORIZON_S, DeduplicateEvents
+from transforms.guard import guarded_map
 from transforms.parse import FORMAT_JSON, METRICS_NAMESPACE, ParseEvents
 from transforms.records import Event
 from transforms.validate import DEFAULT_MAX_CLOCK_SKEW_S, ValidateEvents
@@ -81,11 +82,13 @@ class StreamingAnalytics(beam.PTransform):
         parsed = records | "ParseEvents" >> ParseEvents(cfg.format, cfg.max_payload_bytes)
         validated = parsed.parsed | "ValidateEvents" >> ValidateEvents(cfg.key_field, cfg.max_clock_skew_s)
         stamp = _with_event_time if cfg.timestamp_source == TIMESTAMP_PAYLOAD else _with_source_time
-        timed = validated.valid | "AssignEventTime" >> beam.Map(stamp).with_output_types(Event)
-        unique = timed | "DeduplicateEvents" >> DeduplicateEvents(
+        timed = validated.valid | "AssignEventTime" >> guarded_map(
+            stamp, dl.STAGE_EVENT_TIME, Event, main="timed", label="Stamp", step="AssignEventTime"
+        )
+        unique = timed.timed | "DeduplicateEvents" >> DeduplicateEvents(
             cfg.dedup_horizon_s, cfg.dedup_impl, bounded=not cfg.streaming
         )
-        dead = [parsed[dl.DEAD_LETTER_TAG], validated[dl.DEAD_LETTER_TAG]]
+        dead = [parsed[dl.DEAD_LETTER_TAG], validated[dl.DEAD_LETTER_TAG], timed[dl.DEAD_LETTER_TAG]]
         extra_lateness = 0
         if cfg.streaming:
             filtered = unique | "FilterTooLate" >> FilterTooLate(cfg.window)

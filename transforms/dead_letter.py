@@ -7,6 +7,7 @@ kept (base64 in JSON) so a record can be replayed once the cause is fixed.
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any, NamedTuple
 
 from transforms.timefmt import format_rfc3339_us, now_us
@@ -41,11 +42,20 @@ ERROR_CODES = (
     WRITE_REJECTED,
 )
 
-# Stages.
+# Stages: the step that produced the dead letter, in pipeline order.
 STAGE_PARSE = "parse"
 STAGE_VALIDATE = "validate"
+STAGE_EVENT_TIME = "event_time"
+STAGE_DEDUP = "dedup"
 STAGE_WINDOW = "window"
+STAGE_AGGREGATE = "aggregate"
 STAGE_WRITE = "write"
+STAGES = (STAGE_PARSE, STAGE_VALIDATE, STAGE_EVENT_TIME, STAGE_DEDUP, STAGE_WINDOW, STAGE_AGGREGATE, STAGE_WRITE)
+
+MAX_MESSAGE_CHARS = 1000
+
+# An object's default repr inside an exception message: its memory address would make dead letters differ run to run.
+_OBJECT_REPR = re.compile(r"\s*(?:from\s+)?<[^<>]* at 0x[0-9a-fA-F]+>")
 
 DEAD_LETTER_TAG = "dead_letter"
 
@@ -77,6 +87,16 @@ def dead_letter(
         "stage": stage,
         "failed_at": format_rfc3339_us(now_us() if failed_at_us is None else failed_at_us),
     }
+
+
+def without_addresses(text: str) -> str:
+    """``text`` minus object reprs with memory addresses (``<... at 0x7f..>``), so messages are deterministic."""
+    return _OBJECT_REPR.sub("", text)
+
+
+def exception_text(exc: BaseException, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``Type: message`` of an exception, without memory addresses, at most ``limit`` characters."""
+    return f"{type(exc).__name__}: {without_addresses(str(exc))}"[:limit]
 
 
 def original_payload(row: dict[str, Any]) -> bytes | None:

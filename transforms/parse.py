@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -122,9 +121,6 @@ def _json_type(value: Any) -> str:
     return "an object"
 
 
-# An object's default repr inside an exception message: its memory address would make dead letters differ run to run.
-_OBJECT_REPR = re.compile(r"\s*(?:from\s+)?<[^<>]* at 0x[0-9a-fA-F]+>")
-
 # Optional Avro fields whose null means "absent" in the contract (JSON null is a type error for these).
 _AVRO_NULL_IS_ABSENT = ("value", "properties")
 
@@ -150,8 +146,8 @@ def avro_decoder(writer_schema: dict[str, Any] | None = None) -> Decoder:
         except UnicodeDecodeError as exc:
             return Rejection(dl.INVALID_ENCODING, None, f"Avro string is not valid UTF-8: {exc.reason}")
         except Exception as exc:  # noqa: BLE001 - fastavro raises many types (EOFError, IndexError...) on garbage
-            reason = _OBJECT_REPR.sub("", str(exc))  # fastavro names the stream ("<_io.BytesIO object at 0x..>")
-            return Rejection(dl.MALFORMED_AVRO, None, f"malformed Avro: {type(exc).__name__}: {reason}"[:500])
+            # fastavro names the stream ("<_io.BytesIO object at 0x..>"): exception_text drops the address.
+            return Rejection(dl.MALFORMED_AVRO, None, f"malformed Avro: {dl.exception_text(exc)}"[:500])
         if buffer.tell() != len(payload):
             return Rejection(
                 dl.MALFORMED_AVRO,
