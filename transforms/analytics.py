@@ -13,7 +13,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from transforms import dead_letter as dl
 from transforms.aggregate import WindowedAggregates
-from transforms.dedup import DEFAULT_DEDUP_HORIZON_S, DeduplicateEvents
+from transforms.dedup import DEFAULT_DEDUP_HORIZON_S, UNIQUE, DeduplicateEvents
 from transforms.guard import guarded_map
 from transforms.parse import FORMAT_JSON, METRICS_NAMESPACE, ParseEvents
 from transforms.records import Event
@@ -85,10 +85,13 @@ class StreamingAnalytics(beam.PTransform):
         timed = validated.valid | "AssignEventTime" >> guarded_map(
             stamp, dl.STAGE_EVENT_TIME, Event, main="timed", label="Stamp", step="AssignEventTime"
         )
-        unique = timed.timed | "DeduplicateEvents" >> DeduplicateEvents(
+        deduplicated = timed.timed | "DeduplicateEvents" >> DeduplicateEvents(
             cfg.dedup_horizon_s, cfg.dedup_impl, bounded=not cfg.streaming
         )
+        unique = deduplicated[UNIQUE]
         dead = [parsed[dl.DEAD_LETTER_TAG], validated[dl.DEAD_LETTER_TAG], timed[dl.DEAD_LETTER_TAG]]
+        if dl.DEAD_LETTER_TAG in deduplicated:  # the benchmark-only implementations have none
+            dead.append(deduplicated[dl.DEAD_LETTER_TAG])
         extra_lateness = 0
         if cfg.streaming:
             filtered = unique | "FilterTooLate" >> FilterTooLate(cfg.window)

@@ -18,7 +18,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.runners import local_runner
 from tests.streaming.timeline import at, record, stream
-from transforms import analytics, windowing
+from transforms import analytics, dedup, windowing
 from transforms import dead_letter as dl
 from transforms.analytics import AGGREGATES, DEAD_LETTERS, AnalyticsConfig, StreamingAnalytics
 from transforms.records import Event
@@ -45,9 +45,14 @@ def is_poison_time(_window_fn: Any, timestamp_us: int, _lateness_us: int) -> boo
     return timestamp_us % 1_000_000 == 777_777
 
 
+def is_poison_dedup(_first_seen_us: int | None, event_time_us: int, _horizon_us: int) -> bool:
+    return event_time_us % 1_000_000 == 777_777
+
+
 # (module, function, predicate, stage): where the poison throws.
 STEPS = {
     "event_time": (analytics, "_with_event_time", is_poison_event, "AssignEventTime"),
+    "dedup": (dedup, "is_duplicate", is_poison_dedup, "DeduplicateEvents"),
     "window": (windowing, "latest_deadline_us", is_poison_time, "FilterTooLate"),
 }
 
@@ -83,5 +88,26 @@ def test_poison_record_is_dead_lettered_and_the_stream_goes_on(stage: str, monke
                 lambda r: (r["error_code"], r["stage"], dl.original_payload(r), r["error_message"].split(":")[0])
             ),
             equal_to([("processing_error", stage, poison.payload, f"{step} failed")]),
+            label="DeadLetters",
+        )
+
+
+@pytest.mark.parametrize("stage", ["event_time", "dedup"])
+def test_poison_record_in_a_batch_run(stage: str, monkeypatch) -> None:
+    """Bounded input: the group-by dedup (a group of records per event_id) and the event-time step."""
+    module, name, predicate, step = STEPS[stage]
+    monkeypatch.setattr(module, name, poisoned(getattr(module, name), predicate))
+    poison = record("poison", POISON_SECONDS, value=1000)
+    records = [record("a", 10, value=1), poison, record("b", 20, value=2), record("d", 70, value=8)]
+    with beam.Pipeline(runner=local_runner(PipelineOptions([]), streaming=False)) as p:
+        outputs = p | beam.Create(records) | StreamingAnalytics(AnalyticsConfig(window=SPEC))
+        assert_that(
+            outputs[AGGREGATES] | beam.Map(lambda r: (r["window_start"], r["event_count"], r["value_sum"])),
+            equal_to([("2024-01-01T00:00:00Z", 2, 3.0), ("2024-01-01T00:01:00Z", 1, 8.0)]),
+            label="Aggregates",
+        )
+        assert_that(
+            outputs[DEAD_LETTERS] | "Summary" >> beam.Map(lambda r: (r["stage"], dl.original_payload(r))),
+            equal_to([(stage, poison.payload)]),
             label="DeadLetters",
         )
