@@ -192,7 +192,7 @@ def test_an_element_without_a_record_is_described_not_lost() -> None:
         (("click", "/p", 3), "('click', '/p', 3)"),
         (Odd(), "<Odd: repr failed with RuntimeError>"),
     ]:
-        (row,) = processing_error_dead_letters(element, dl.STAGE_AGGREGATE, "ToRow", TypeError("x" * 5000))
+        (row,) = processing_error_dead_letters(element, dl.STAGE_WINDOW, "ToRow", TypeError("x" * 5000))
         assert row["payload"] is None and row["source"] is None
         assert row["source_metadata"] == {"element": described}
         assert len(row["error_message"]) == dl.MAX_MESSAGE_CHARS
@@ -200,4 +200,4 @@ def test_an_element_without_a_record_is_described_not_lost() -> None:
 
 def test_stages_and_codes_are_listed() -> None:
     assert dl.PROCESSING_ERROR in dl.ERROR_CODES
-    assert dl.STAGES == ("parse", "validate", "event_time", "dedup", "window", "aggregate", "write")
+    assert dl.STAGES == ("parse", "validate", "event_time", "dedup", "window", "write")
