@@ -17,6 +17,7 @@ PAYLOAD_TOO_LARGE = "payload_too_large"
 INVALID_ENCODING = "invalid_encoding"
 MALFORMED_JSON = "malformed_json"
 MALFORMED_AVRO = "malformed_avro"
+INCOMPATIBLE_SCHEMA = "incompatible_schema"
 NOT_AN_OBJECT = "not_an_object"
 MISSING_FIELD = "missing_field"
 INVALID_TYPE = "invalid_type"
@@ -32,6 +33,7 @@ ERROR_CODES = (
     INVALID_ENCODING,
     MALFORMED_JSON,
     MALFORMED_AVRO,
+    INCOMPATIBLE_SCHEMA,
     NOT_AN_OBJECT,
     MISSING_FIELD,
     INVALID_TYPE,

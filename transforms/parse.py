@@ -18,6 +18,7 @@ import orjson
 
 import schemas
 from transforms import dead_letter as dl
+from transforms.avro_compat import incompatibility
 from transforms.dead_letter import Rejection
 from transforms.records import SourceRecord
 
@@ -172,10 +173,15 @@ _CONFLUENT_HEADER = 5
 
 
 def confluent_avro_decoder(registry: dict[int, dict[str, Any]] | None = None) -> Decoder:
-    """A decoder for Confluent-framed Avro; writer schemas by id (default: ``schemas/registry.json``)."""
+    """A decoder for Confluent-framed Avro; writer schemas by id (default: ``schemas/registry.json``).
+
+    Each id's writer schema is checked against the contract's schema once, on its first record: a compatible one
+    (an added optional field, say) is decoded with writer -> reader resolution; an incompatible one makes every
+    record with that id an ``incompatible_schema`` dead letter, without decoding its body.
+    """
     writers = schemas.confluent_schemas() if registry is None else registry
-    decoders = {schema_id: avro_decoder(schema) for schema_id, schema in writers.items()}
-    known = ", ".join(str(i) for i in sorted(decoders)) or "none"
+    known = ", ".join(str(i) for i in sorted(writers)) or "none"
+    decoders: dict[int, Decoder] = {}
 
     def decode_confluent_avro(payload: bytes) -> Decoded | Rejection:
         if len(payload) < _CONFLUENT_HEADER or payload[0] != CONFLUENT_MAGIC:
@@ -189,10 +195,29 @@ def confluent_avro_decoder(registry: dict[int, dict[str, Any]] | None = None) ->
         schema_id = int.from_bytes(payload[1:_CONFLUENT_HEADER], "big")
         decode = decoders.get(schema_id)
         if decode is None:
-            return Rejection(dl.MALFORMED_AVRO, None, f"unknown Confluent schema id {schema_id} (known ids: {known})")
+            if schema_id not in writers:
+                return Rejection(
+                    dl.MALFORMED_AVRO, None, f"unknown Confluent schema id {schema_id} (known ids: {known})"
+                )
+            decode = decoders[schema_id] = writer_decoder(writers[schema_id], f"Confluent schema id {schema_id}")
         return decode(payload[_CONFLUENT_HEADER:])
 
     return decode_confluent_avro
+
+
+def writer_decoder(writer_schema: dict[str, Any], name: str) -> Decoder:
+    """The decoder for records written with ``writer_schema`` (called ``name`` in messages), checked once.
+
+    Compatible with the contract's schema: ``avro_decoder`` (resolution). Incompatible: a decoder that rejects
+    every record as ``incompatible_schema`` with the reason.
+    """
+    problem = incompatibility(writer_schema, schemas.event_avro_schema())
+    if problem is None:
+        return avro_decoder(writer_schema)
+    rejection = Rejection(
+        dl.INCOMPATIBLE_SCHEMA, None, f"{name} cannot be read as the event contract's schema: {problem}"[:500]
+    )
+    return lambda _payload: rejection
 
 
 def decoder_for(fmt: str) -> Decoder:
