@@ -28,6 +28,7 @@ from tests.integration.fault_proxies import PubSubFaultProxy
 from tests.integration.fault_report import FaultReport
 from tests.integration.results import final_counts
 from tests.integration.traffic import SteadyPublisher, Traffic
+from tests.streaming.test_poison_records import poisoned
 from transforms import analytics, dedup, windowing
 
 pytestmark = pytest.mark.integration
@@ -169,15 +170,6 @@ def test_redeliveries_and_duplicate_publishes_are_counted_once(pubsub_emulator, 
 POISON_TIME_US = {"dedup": 777_777, "window": 888_888}
 
 
-def _poisoned(original, when):
-    def step(*args):
-        if when(*args):
-            raise RuntimeError("poison record")
-        return original(*args)
-
-    return step
-
-
 def test_poison_messages_are_dead_lettered_and_the_subscription_keeps_flowing(
     pubsub_emulator, names, tmp_path, monkeypatch
 ):
@@ -186,15 +178,15 @@ def test_poison_messages_are_dead_lettered_and_the_subscription_keeps_flowing(
     publisher, _subscriber, topic, subscription, suffix = names
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
     monkeypatch.setattr(
-        analytics, "_with_event_time", _poisoned(analytics._with_event_time, lambda e: e.event_id.endswith("-poison"))
+        analytics, "_with_event_time", poisoned(analytics._with_event_time, lambda e: e.event_id.endswith("-poison"))
     )
     monkeypatch.setattr(
-        dedup, "is_duplicate", _poisoned(dedup.is_duplicate, lambda _f, t, _h: t % 1_000_000 == POISON_TIME_US["dedup"])
+        dedup, "is_duplicate", poisoned(dedup.is_duplicate, lambda _f, t, _h: t % 1_000_000 == POISON_TIME_US["dedup"])
     )
     monkeypatch.setattr(
         windowing,
         "latest_deadline_us",
-        _poisoned(windowing.latest_deadline_us, lambda _w, t, _l: t % 1_000_000 == POISON_TIME_US["window"]),
+        poisoned(windowing.latest_deadline_us, lambda _w, t, _l: t % 1_000_000 == POISON_TIME_US["window"]),
     )
     traffic = Traffic(f"psp{suffix}", WINDOW_S, duplicate_every=10**9, bad_every=10**9)
     now_s = time.time_ns() // 1_000_000_000
