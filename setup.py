@@ -23,6 +23,9 @@ TEST_REQUIRES = [
     "cryptography==50.0.2",  # test certificates (Kafka TLS); the same pin apache-beam pulls in at run time
 ]
 
+# `make fuzz`: coverage-guided fuzzing of parse/validate (tests/fuzz/atheris_target.py).
+FUZZ_REQUIRES = ["atheris==3.0.0"]
+
 setup(
     name="realtime-analytics",
     version="0.1.0",
@@ -31,5 +34,5 @@ setup(
     packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*", "schemas"]),
     package_data={"schemas": ["*.avsc", "*.json", "*.sql"]},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "fuzz": FUZZ_REQUIRES},
 )

@@ -13,7 +13,8 @@ from apache_beam.utils.timestamp import Timestamp
 
 from transforms import dead_letter as dl
 from transforms.aggregate import WindowedAggregates
-from transforms.dedup import DEFAULT_DEDUP_HORIZON_S, DeduplicateEvents
+from transforms.dedup import DEFAULT_DEDUP_HORIZON_S, UNIQUE, DeduplicateEvents
+from transforms.guard import guarded_map
 from transforms.parse import FORMAT_JSON, METRICS_NAMESPACE, ParseEvents
 from transforms.pseudonymize import PseudonymizeDeadLetters, PseudonymizeEvents
 from transforms.records import Event
@@ -90,11 +91,16 @@ class StreamingAnalytics(beam.PTransform):
                 cfg.pseudonymization_key, cfg.key_field, cfg.format
             )
         stamp = _with_event_time if cfg.timestamp_source == TIMESTAMP_PAYLOAD else _with_source_time
-        timed = valid | "AssignEventTime" >> beam.Map(stamp).with_output_types(Event)
-        unique = timed | "DeduplicateEvents" >> DeduplicateEvents(
+        timed = valid | "AssignEventTime" >> guarded_map(
+            stamp, dl.STAGE_EVENT_TIME, Event, main="timed", label="Stamp", step="AssignEventTime"
+        )
+        deduplicated = timed.timed | "DeduplicateEvents" >> DeduplicateEvents(
             cfg.dedup_horizon_s, cfg.dedup_impl, bounded=not cfg.streaming
         )
-        dead = [parsed[dl.DEAD_LETTER_TAG], validated[dl.DEAD_LETTER_TAG]]
+        unique = deduplicated[UNIQUE]
+        dead = [parsed[dl.DEAD_LETTER_TAG], validated[dl.DEAD_LETTER_TAG], timed[dl.DEAD_LETTER_TAG]]
+        if dl.DEAD_LETTER_TAG in deduplicated:  # the benchmark-only implementations have none
+            dead.append(deduplicated[dl.DEAD_LETTER_TAG])
         extra_lateness = 0
         if cfg.streaming:
             filtered = unique | "FilterTooLate" >> FilterTooLate(cfg.window)

@@ -51,3 +51,12 @@ def pubsub_emulator() -> Iterator[PubSubEmulator]:
 def bigquery_emulator() -> Iterator[BigQueryEmulator]:
     """A healthy BigQuery emulator; `.endpoint`, `.grpc_host`, `.project`, `.client()`."""
     yield from _provide(BigQueryEmulator)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    from tests.integration.fault_report import REPORTS
+
+    if REPORTS:
+        terminalreporter.section("fault reports")
+        for line in REPORTS:
+            terminalreporter.write_line(line)
