@@ -11,10 +11,16 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 help:  ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-$(STAMP): setup.py
+# Runtime dependencies are installed at exactly the versions the flex template image pins (templates/requirements.txt,
+# hashes stripped into a constraints file), so the tests run what production runs.
+CONSTRAINTS := $(VENV)/constraints.txt
+
+$(STAMP): setup.py templates/requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip wheel
-	@$(PY) -m pip install -q -e '.[test]'
+	@sed -e 's/[[:space:]]*\\$$//' -e '/^[[:space:]]*--hash/d' -e '/^[[:space:]]*#/d' -e '/^[[:space:]]*$$/d' \
+		templates/requirements.txt > $(CONSTRAINTS)
+	@$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[test]'
 	@touch $(STAMP)
 
 install: $(STAMP)  ## Create the venv and install the project with test extras
