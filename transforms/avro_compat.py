@@ -31,7 +31,8 @@ _PROMOTIONS = {
 }
 
 
-def _parsed(schema: Any) -> Any:
+def parsed_schema(schema: Any) -> Any:
+    """``schema`` as fastavro.parse_schema returns it (parsed once: an already parsed schema is returned as is)."""
     if isinstance(schema, dict) and schema.get("__fastavro_parsed"):
         return schema
     return fastavro.parse_schema(schema)
@@ -152,5 +153,5 @@ class _Resolver:
 
 def incompatibility(writer_schema: Any, reader_schema: Any) -> str | None:
     """None if everything ``writer_schema`` can write is readable with ``reader_schema``; else the first reason."""
-    writer, reader = _parsed(writer_schema), _parsed(reader_schema)
+    writer, reader = parsed_schema(writer_schema), parsed_schema(reader_schema)
     return _Resolver(writer, reader).check(writer, reader, "")

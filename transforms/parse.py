@@ -18,7 +18,8 @@ import orjson
 
 import schemas
 from transforms import dead_letter as dl
-from transforms.avro_compat import incompatibility
+from transforms.avro_compat import incompatibility, parsed_schema
+from transforms.avro_scan import canonical_or_violation, first_violation
 from transforms.dead_letter import Rejection
 from transforms.records import SourceRecord
 
@@ -137,7 +138,7 @@ def avro_nulls_as_absent(obj: dict[str, Any]) -> dict[str, Any]:
 def avro_decoder(writer_schema: dict[str, Any] | None = None) -> Decoder:
     """A decoder for schemaless Avro binary written with ``writer_schema`` (default: ``schemas/event.avsc``)."""
     reader_schema = schemas.event_avro_schema()
-    writer = writer_schema or reader_schema
+    writer = reader_schema if writer_schema is None else parsed_schema(writer_schema)
     resolve = None if writer is reader_schema else reader_schema
 
     def decode_avro(payload: bytes) -> Decoded | Rejection:
@@ -147,14 +148,24 @@ def avro_decoder(writer_schema: dict[str, Any] | None = None) -> Decoder:
         except UnicodeDecodeError as exc:
             return Rejection(dl.INVALID_ENCODING, None, f"Avro string is not valid UTF-8: {exc.reason}")
         except Exception as exc:  # noqa: BLE001 - fastavro raises many types (EOFError, IndexError...) on garbage
-            # fastavro names the stream ("<_io.BytesIO object at 0x..>"): exception_text drops the address.
-            return Rejection(dl.MALFORMED_AVRO, None, f"malformed Avro: {dl.exception_text(exc)}"[:500])
+            # The strict walk names the field and the fault; fastavro's own text is the fallback. It names the
+            # stream ("<_io.BytesIO object at 0x..>"): exception_text drops the address.
+            return first_violation(payload, writer) or Rejection(
+                dl.MALFORMED_AVRO, None, f"malformed Avro: {dl.exception_text(exc)}"[:500]
+            )
         if buffer.tell() != len(payload):
             return Rejection(
                 dl.MALFORMED_AVRO,
                 None,
                 f"malformed Avro: {len(payload) - buffer.tell()} trailing bytes after the record",
             )
+        # fastavro accepts what the specification does not (a negative union index reads the last branch).
+        if resolve is None:
+            violation = canonical_or_violation(payload, writer, obj)
+        else:
+            violation = first_violation(payload, writer)
+        if violation is not None:
+            return violation
         return avro_nulls_as_absent(obj)
 
     return decode_avro
