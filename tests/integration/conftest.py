@@ -92,3 +92,12 @@ def file_run(tmp_path_factory):
         return runs[argv]
 
     return reference
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    from tests.integration.fault_report import REPORTS
+
+    if REPORTS:
+        terminalreporter.section("fault reports")
+        for line in REPORTS:
+            terminalreporter.write_line(line)
