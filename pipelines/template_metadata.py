@@ -64,7 +64,8 @@ _SECRET_VERSION = (
     "/versions/([1-9][0-9]{0,18}|latest)"
 )
 _PEM_FILE = "((file|gs)://)?[^:]+"
-_KAFKA_CONTEXT = ("--source=kafka://127.0.0.1:9092/events",)
+# The template launches on Dataflow; Kafka needs a runner that runs Java transforms (not the direct runner).
+_KAFKA_CONTEXT = ("--source=kafka://127.0.0.1:9092/events", "--runner=DataflowRunner")
 # Secret references in examples resolve from these variables (tests/unit/test_template_metadata.py sets them).
 EXAMPLE_SECRET_ENV = {"KAFKA_PASSWORD": "example-password", "PSEUDONYMIZATION_KEY": "k" * 48}
 
@@ -107,7 +108,6 @@ PARAMS: dict[str, Param] = {
             "synthetic://?events=5000&rate=100&keys=20&users=500&bad=0.03&duplicates=0.02&late=0.02&seed=42",
         ),
         bad=("ftp://host/events.jsonl", "s3://bucket/events/*.jsonl", "pubsub://projects/p/queues/x", ""),
-        # The template launches on Dataflow; locally Kafka needs a portable runner too (not the direct runner).
         context={"kafka://broker-1:9092,broker-2:9092/events": ("--runner=DataflowRunner",)},
         required=True,
         note="Required in the template: the CLI's default (the embedded demo) replays through TestStream, which "
@@ -266,7 +266,7 @@ PARAMS: dict[str, Param] = {
         note="publish_time needs a pubsub:// source, kafka_timestamp a kafka:// source",
         context={
             "publish_time": ("--source=pubsub://projects/my-project/subscriptions/events",),
-            "kafka_timestamp": ("--source=kafka://127.0.0.1:9092/events", "--runner=DataflowRunner"),
+            "kafka_timestamp": _KAFKA_CONTEXT,
         },
     ),
     "window": Param(

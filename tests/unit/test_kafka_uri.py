@@ -69,7 +69,7 @@ def test_start_offsets():
     ("argv", "words"),
     [
         (["--kafka_start_offset=beginning"], "--kafka_start_offset must be one of earliest, latest"),
-        (["--kafka_consumer_group= "], "--kafka_consumer_group must not be empty"),
+        (["--kafka_consumer_group= "], "--kafka_consumer_group must be 1-255 characters"),
         (
             ["--source=kafka://b:1/t", "--timestamp_source=publish_time"],
             "--timestamp_source=publish_time needs a pubsub",
