@@ -146,6 +146,9 @@ class ReadKafkaRecords(beam.PTransform):
             # The record's own timestamp (producer create time, or the broker's log-append time when the topic is
             # configured so): the arrival time the too-late filter judges by, the same on every runner.
             timestamp_policy=ReadFromKafka.create_time_policy,
+            # Offsets go back to the consumer group once the runner has checkpointed the records read (bundle
+            # finalization): a restarted job with the same group continues where this one stopped.
+            commit_offset_in_finalize=True,
             expansion_service=settings.expansion_service,
         )
         return pbegin | "Read" >> read | "ToRecord" >> beam.ParDo(_ToRecord(ref.uri)).with_output_types(SourceRecord)
