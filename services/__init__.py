@@ -10,7 +10,7 @@ from __future__ import annotations
 from services._process import ServiceError
 from services._service import LocalService
 from services.bigquery import BigQueryEmulator
-from services.kafka import KafkaBroker
+from services.kafka import KafkaBroker, SecureKafkaBroker
 from services.pubsub import PubSubEmulator
 
 # Order matters for `services up`: the JVM takes longest, so it starts first.
@@ -26,5 +26,6 @@ __all__ = [
     "KafkaBroker",
     "LocalService",
     "PubSubEmulator",
+    "SecureKafkaBroker",
     "ServiceError",
 ]

@@ -18,11 +18,14 @@ from transforms.batched import (
     MergeAggregates,
     ParseBatches,
     PreAggregateWindows,
+    PseudonymizeBatches,
     TimeRows,
     ValidateBatches,
 )
-from transforms.dedup import DEFAULT_DEDUP_HORIZON_S, DeduplicateEvents
+from transforms.dedup import DEFAULT_DEDUP_HORIZON_S, UNIQUE, DeduplicateEvents
+from transforms.guard import guarded_map
 from transforms.parse import FORMAT_JSON, METRICS_NAMESPACE, ParseEvents
+from transforms.pseudonymize import PseudonymizeDeadLetters, PseudonymizeEvents
 from transforms.records import Event
 from transforms.validate import DEFAULT_MAX_CLOCK_SKEW_S, ValidateEvents
 from transforms.windowing import SAFETY_MARGIN_S, FilterTooLate, WindowEvents, WindowSpec
@@ -52,8 +55,10 @@ class AnalyticsConfig:
     # "state", "group", "beam" (Beam's DeduplicatePerKey), "off". Only benchmarks force one (docs/benchmarks.md).
     dedup_impl: str = "auto"
     timestamp_source: str = TIMESTAMP_PAYLOAD
+    # A secret reference (env:NAME or a Secret Manager version) to the HMAC key; None = user_id kept as is.
+    pseudonymization_key: str | None = None
     # Bounded input in batches of records (transforms/batched.py); False processes it record by record, as a
-    # stream is. Only benchmarks turn it off (docs/benchmarks.md).
+    # stream is. Only benchmarks and tests turn it off (docs/benchmarks.md).
     batched: bool = True
 
 
@@ -93,12 +98,23 @@ class StreamingAnalytics(beam.PTransform):
             return self._expand_batched(records)
         parsed = records | "ParseEvents" >> ParseEvents(cfg.format, cfg.max_payload_bytes)
         validated = parsed.parsed | "ValidateEvents" >> ValidateEvents(cfg.key_field, cfg.max_clock_skew_s)
+        valid = validated.valid
+        if cfg.pseudonymization_key:
+            # Before dedup and aggregation: sketches, keys and too_late dead letters only ever see pseudonyms.
+            valid = valid | "PseudonymizeUserIds" >> PseudonymizeEvents(
+                cfg.pseudonymization_key, cfg.key_field, cfg.format
+            )
         stamp = _with_event_time if cfg.timestamp_source == TIMESTAMP_PAYLOAD else _with_source_time
-        timed = validated.valid | "AssignEventTime" >> beam.Map(stamp).with_output_types(Event)
-        unique = timed | "DeduplicateEvents" >> DeduplicateEvents(
+        timed = valid | "AssignEventTime" >> guarded_map(
+            stamp, dl.STAGE_EVENT_TIME, Event, main="timed", label="Stamp", step="AssignEventTime"
+        )
+        deduplicated = timed.timed | "DeduplicateEvents" >> DeduplicateEvents(
             cfg.dedup_horizon_s, cfg.dedup_impl, bounded=not cfg.streaming
         )
-        dead = [parsed[dl.DEAD_LETTER_TAG], validated[dl.DEAD_LETTER_TAG]]
+        unique = deduplicated[UNIQUE]
+        dead = [parsed[dl.DEAD_LETTER_TAG], validated[dl.DEAD_LETTER_TAG], timed[dl.DEAD_LETTER_TAG]]
+        if dl.DEAD_LETTER_TAG in deduplicated:  # the benchmark-only implementations have none
+            dead.append(deduplicated[dl.DEAD_LETTER_TAG])
         extra_lateness = 0
         if cfg.streaming:
             filtered = unique | "FilterTooLate" >> FilterTooLate(cfg.window)
@@ -110,7 +126,7 @@ class StreamingAnalytics(beam.PTransform):
             | "WindowEvents" >> WindowEvents(cfg.window, cfg.streaming, extra_lateness)
             | "WindowedAggregates" >> WindowedAggregates(bounded=not cfg.streaming)
         )
-        return {AGGREGATES: aggregates, DEAD_LETTERS: _collect(dead)}
+        return {AGGREGATES: aggregates, DEAD_LETTERS: _collect(dead, cfg)}
 
     def _expand_batched(self, records):
         """Bounded input, batch by batch: the same steps under the same labels (docs/design.md, batched.py)."""
@@ -118,16 +134,28 @@ class StreamingAnalytics(beam.PTransform):
         args = (cfg.format, cfg.key_field, cfg.max_clock_skew_s, cfg.max_payload_bytes)
         parsed = records | "ParseEvents" >> ParseBatches(*args)
         validated = parsed.parsed | "ValidateEvents" >> ValidateBatches(*args)
-        rows = validated.valid | "AssignEventTime" >> TimeRows(source_time=cfg.timestamp_source != TIMESTAMP_PAYLOAD)
+        valid = validated.valid
+        if cfg.pseudonymization_key:
+            # Before dedup and aggregation, as record by record: sketches and keys only ever see pseudonyms.
+            valid = valid | "PseudonymizeUserIds" >> PseudonymizeBatches(cfg.pseudonymization_key, cfg.key_field)
+        source_time = cfg.timestamp_source != TIMESTAMP_PAYLOAD
+        timed = valid | "AssignEventTime" >> TimeRows(source_time=source_time)
+        rows = timed.rows
+        dead = [parsed[dl.DEAD_LETTER_TAG], validated[dl.DEAD_LETTER_TAG], timed[dl.DEAD_LETTER_TAG]]
         if cfg.dedup_impl != "off":
-            rows = rows | "DeduplicateEvents" >> DeduplicateRows(cfg.dedup_horizon_s)
+            deduplicated = rows | "DeduplicateEvents" >> DeduplicateRows(cfg.dedup_horizon_s)
+            rows = deduplicated.rows
+            dead.append(deduplicated[dl.DEAD_LETTER_TAG])
         windowed = rows | "WindowEvents" >> PreAggregateWindows(cfg.window)
         aggregates = windowed | "WindowedAggregates" >> MergeAggregates()
-        return {
-            AGGREGATES: aggregates,
-            DEAD_LETTERS: _collect([parsed[dl.DEAD_LETTER_TAG], validated[dl.DEAD_LETTER_TAG]]),
-        }
+        return {AGGREGATES: aggregates, DEAD_LETTERS: _collect(dead, cfg)}
 
 
-def _collect(dead: list) -> beam.PCollection:
-    return dead | "CollectDeadLetters" >> beam.Flatten() | "CountDeadLetters" >> beam.Map(_count_dead_letter)
+def _collect(dead: list, cfg: AnalyticsConfig) -> beam.PCollection:
+    dead_letters = dead | "CollectDeadLetters" >> beam.Flatten()
+    if cfg.pseudonymization_key:
+        # Dead letters keep the original bytes: their user_id is pseudonymized too (or the payload withheld).
+        dead_letters = dead_letters | "PseudonymizeDeadLetters" >> PseudonymizeDeadLetters(
+            cfg.pseudonymization_key, cfg.format
+        )
+    return dead_letters | "CountDeadLetters" >> beam.Map(_count_dead_letter)

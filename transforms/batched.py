@@ -41,8 +41,11 @@ from transforms.aggregate import Accumulator, MergeAggregatesFn, aggregate_row, 
 from transforms.dead_letter import Rejection
 from transforms.dedup import Row, keep_first_per_horizon
 from transforms.fast_json import FastJsonValidator, Valid, valid_of
+from transforms.guard import processing_error_dead_letters
 from transforms.parse import FORMAT_JSON, METRICS_NAMESPACE, decoder_for, parse_record
+from transforms.pseudonymize import USER_ID, Pseudonymizer, load_key
 from transforms.records import RecordBatch, SourceRecord
+from transforms.secrets import parse_secret_ref
 from transforms.timefmt import now_us
 from transforms.validate import DEFAULT_MAX_CLOCK_SKEW_S, EventValidator
 from transforms.windowing import WindowSpec, slicer, windowed_partials
@@ -212,31 +215,91 @@ class ValidateBatches(beam.PTransform):
         )
 
 
-def _rows_with_event_time(checked: ValidBatch) -> list[Row]:
-    return rows_of(checked.valid)
+class _PseudonymizeBatchDoFn(beam.DoFn):
+    """``user_id`` (and a ``user_id`` key) of every valid event -> its pseudonym; the key is resolved in ``setup``."""
+
+    def __init__(self, key_reference: str, key_is_user_id: bool) -> None:
+        self._key_reference = key_reference
+        self._key_is_user_id = key_is_user_id
+        self._pseudonymizer: Pseudonymizer | None = None
+
+    def setup(self) -> None:
+        self._pseudonymizer = Pseudonymizer(load_key(self._key_reference))
+
+    def process(self, checked: ValidBatch) -> Iterator[ValidBatch]:
+        pseudonym = self._pseudonymizer.pseudonym
+        if self._key_is_user_id:
+            valid = [(*v[:3], p, *v[4:8], p) for v in checked.valid for p in (pseudonym(v[3]),)]
+        else:
+            valid = [(*v[:3], pseudonym(v[3]), *v[4:]) for v in checked.valid]
+        yield ValidBatch(checked.batch, valid)
+
+
+class PseudonymizeBatches(beam.PTransform):
+    """ValidBatches -> the same with pseudonymized user ids (transforms/pseudonymize.py, ``PseudonymizeEvents``)."""
+
+    def __init__(self, key_reference: str, key_field: str) -> None:
+        super().__init__()
+        parse_secret_ref(key_reference)  # a malformed reference fails at construction, not on the workers
+        self._dofn = _PseudonymizeBatchDoFn(key_reference, key_field == USER_ID)
+
+    def expand(self, checked):
+        return checked | "Hmac" >> beam.ParDo(self._dofn)
+
+
+def _processing_errors(record: Any, stage: str, step: str, exc: Exception) -> Iterator[beam.pvalue.TaggedOutput]:
+    for row in processing_error_dead_letters(record, stage, step, exc):
+        yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER_TAG, row)
+
+
+class _TimeRowsDoFn(beam.DoFn):
+    """ValidBatch -> its rows, at the payload's event time or the source's timestamp.
+
+    As ``AssignEventTime`` record by record: a record that makes it throw is a ``processing_error`` dead letter
+    (stage ``event_time``) and the others go on (the batch is then taken record by record).
+    """
+
+    def __init__(self, source_time: bool) -> None:
+        self._source_time = source_time
+
+    def _rows(self, checked: ValidBatch, valid: list[Valid], arrival_us: int) -> list[Row]:
+        rows = rows_of(valid)
+        if not self._source_time:
+            return rows
+        arrivals = checked.batch.arrivals
+        return [
+            (row[0], arrivals[v[0]] if arrivals else arrival_us, *row[2:]) for row, v in zip(rows, valid, strict=True)
+        ]
+
+    def process(self, checked: ValidBatch, arrival=beam.DoFn.TimestampParam) -> Iterator[Any]:
+        try:
+            yield self._rows(checked, checked.valid, arrival.micros)
+            return
+        except Exception:  # noqa: BLE001 - one bad record must not fail the batch: find it, record by record
+            pass
+        rows: list[Row] = []
+        for valid in checked.valid:
+            try:
+                rows.extend(self._rows(checked, [valid], arrival.micros))
+            except Exception as exc:  # noqa: BLE001 - its dead letter, as guarded_map gives one
+                yield from _processing_errors(
+                    checked.batch.record(valid[0]), dl.STAGE_EVENT_TIME, "AssignEventTime", exc
+                )
+        if rows:
+            yield rows
 
 
 class TimeRows(beam.PTransform):
-    """ValidBatches -> lists of rows whose time is the event time: the payload's, or the source's timestamp."""
+    """ValidBatches -> {"rows": lists of rows whose time is the event time, "dead_letter": rows}."""
 
     def __init__(self, source_time: bool = False) -> None:
         super().__init__()
         self._source_time = source_time
 
     def expand(self, checked):
-        if not self._source_time:
-            return checked | "Rows" >> beam.Map(_rows_with_event_time)
-        return checked | "RowsAtSourceTime" >> beam.ParDo(_RowsAtSourceTimeDoFn())
-
-
-class _RowsAtSourceTimeDoFn(beam.DoFn):
-    def process(self, checked: ValidBatch, arrival=beam.DoFn.TimestampParam) -> Iterator[list[Row]]:
-        arrivals = checked.batch.arrivals
-        rows = rows_of(checked.valid)
-        yield [
-            (row[0], arrivals[v[0]] if arrivals else arrival.micros, *row[2:])
-            for row, v in zip(rows, checked.valid, strict=True)
-        ]
+        return checked | "Rows" >> beam.ParDo(_TimeRowsDoFn(self._source_time)).with_outputs(
+            dl.DEAD_LETTER_TAG, main="rows"
+        )
 
 
 class _ShardRowsDoFn(beam.DoFn):
@@ -258,20 +321,47 @@ class _KeepFirstDoFn(beam.DoFn):
         self._horizon_us = horizon_us
         self._duplicates = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "duplicates")
 
-    def process(self, element: tuple[int, Iterable[bytes]]) -> Iterator[list[Row]]:
+    def process(self, element: tuple[int, Iterable[bytes]]) -> Iterator[Any]:
         rows: list[Row] = []
         for blob in element[1]:
             rows.extend(unpack_rows(blob))
-        kept, duplicates = keep_first_per_horizon(rows, self._horizon_us)
+        try:
+            kept, duplicates = keep_first_per_horizon(rows, self._horizon_us)
+        except Exception:  # noqa: BLE001 - as record by record: the ids that make it throw become dead letters
+            kept, failed, dead_letters = self._id_by_id(rows)
+            duplicates = len(rows) - len(kept) - failed
+            yield from dead_letters
         if duplicates:
             self._duplicates.inc(duplicates)
         if kept:
             # A real time (not the end of the global window) for the window assignment that follows.
             yield beam.window.TimestampedValue(kept, Timestamp(micros=min(row[1] for row in kept)))
 
+    def _id_by_id(self, rows: list[Row]) -> tuple[list[Row], int, list[beam.pvalue.TaggedOutput]]:
+        """Each id's copies on their own: an id whose copies throw is one dead letter per copy (stage dedup).
+
+        The rows carry no payload (the dedup shuffle holds only what the aggregates need), so these dead letters
+        describe the row instead; the record-by-record graph (AnalyticsConfig.batched=False) keeps payloads.
+        """
+        kept: list[Row] = []
+        failed = 0
+        dead_letters: list[beam.pvalue.TaggedOutput] = []
+        copies: dict[str, list[Row]] = {}
+        for row in rows:
+            copies.setdefault(row[0], []).append(row)
+        for group in copies.values():
+            try:
+                kept.extend(keep_first_per_horizon(group, self._horizon_us)[0])
+            except Exception as exc:  # noqa: BLE001 - its dead letters, as dead_letter_on_error gives them
+                failed += len(group)
+                for row in group:
+                    dead_letters.extend(_processing_errors(row, dl.STAGE_DEDUP, "DeduplicateEvents", exc))
+        return kept, failed, dead_letters
+
 
 class DeduplicateRows(beam.PTransform):
-    """Lists of rows -> lists of rows with repeats of an event_id within the horizon dropped (and counted)."""
+    """Lists of rows -> {"rows": lists of rows without the repeats of an event_id within the horizon (counted),
+    "dead_letter": rows}."""
 
     def __init__(self, horizon_s: float) -> None:
         super().__init__()
@@ -282,7 +372,7 @@ class DeduplicateRows(beam.PTransform):
             rows
             | "ShardByEventId" >> beam.ParDo(_ShardRowsDoFn()).with_output_types(tuple[int, bytes])
             | "GroupByShard" >> beam.GroupByKey()
-            | "KeepFirst" >> beam.ParDo(_KeepFirstDoFn(self._horizon_us))
+            | "KeepFirst" >> beam.ParDo(_KeepFirstDoFn(self._horizon_us)).with_outputs(dl.DEAD_LETTER_TAG, main="rows")
         )
 
 

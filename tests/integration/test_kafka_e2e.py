@@ -20,7 +20,7 @@ import apache_beam as beam
 import fastavro
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import schemas
@@ -98,8 +98,11 @@ def topics(kafka_broker):
     return bootstrap, names
 
 
-def _produce(bootstrap: str, topic: str, payloads: list[bytes]) -> dict[bytes, tuple[int, int]]:
-    """Produces in order; returns payload -> (partition, offset) of its (last) delivery."""
+def _produce(
+    bootstrap: str, topic: str, payloads: list[bytes], partitions: int = 1, timestamps_ms: list[int] | None = None
+) -> dict[bytes, tuple[int, int]]:
+    """Produces in order (round-robin over ``partitions``; record timestamps ``timestamps_ms`` if given, else the
+    producer's clock); returns payload -> (partition, offset) of its delivery."""
     delivered: dict[bytes, tuple[int, int]] = {}
 
     def on_delivery(err, msg) -> None:
@@ -107,8 +110,15 @@ def _produce(bootstrap: str, topic: str, payloads: list[bytes]) -> dict[bytes, t
         delivered[msg.value()] = (msg.partition(), msg.offset())
 
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
-    for payload in payloads:
-        producer.produce(topic, value=payload, key=b"test-key", on_delivery=on_delivery)
+    for index, payload in enumerate(payloads):
+        producer.produce(
+            topic,
+            value=payload,
+            key=b"test-key",
+            partition=index % partitions,
+            timestamp=timestamps_ms[index] if timestamps_ms else 0,  # 0: the producer's clock
+            on_delivery=on_delivery,
+        )
     assert producer.flush(30) == 0
     return delivered
 
@@ -186,22 +196,25 @@ def test_kafka_stream_gives_exact_aggregates_and_every_dead_letter(topics, tmp_p
     assert stages["window"] == 1 and stages["validate"] == 1 and sum(stages.values()) == len(bad)
 
 
-def test_kafka_to_bigquery_exact_aggregates_and_dead_letters(topics, bigquery_emulator):
+# Each format and each write method once (both formats x both methods would add two minutes for no new path).
+@pytest.mark.parametrize(("fmt", "method"), [("json", "STREAMING_INSERTS"), ("confluent-avro", "STORAGE_WRITE_API")])
+def test_kafka_to_bigquery_exact_aggregates_and_dead_letters(topics, bigquery_emulator, fmt, method):
     """Kafka -> Prism -> BigQuery emulator: both tables hold exactly the expected final aggregates and dead letters."""
-    from tests.integration.test_bigquery_sink import Dataset
+    from tests.integration.test_bigquery_sink import Dataset, endpoint_args
 
     bootstrap, names = topics
     dataset = Dataset(bigquery_emulator)
     window_a = (now_us() // MINUTE_US - 4) * MINUTE_US
     window_b = window_a + MINUTE_US
-    valid, bad = _mix("json", window_a)
-    _produce(bootstrap, names["events"], [*valid, valid[0], *bad])
+    valid, bad = _mix(fmt, window_a)
+    delivered = _produce(bootstrap, names["events"], [*valid, valid[0], *bad])
     options = PipelineOptions(
         [
             f"--source=kafka://{bootstrap}/{names['events']}",
+            f"--format={fmt}",
             f"--sink={dataset.uri('aggregates')}",
             f"--dead_letter_sink={dataset.uri('dead_letter')}",
-            f"--bigquery_endpoint={bigquery_emulator.endpoint}",
+            *endpoint_args(bigquery_emulator, method),
             f"--kafka_consumer_group=test-{uuid.uuid4().hex[:8]}",
             "--kafka_start_offset=earliest",
             "--allowed_lateness=600",
@@ -222,4 +235,131 @@ def test_kafka_to_bigquery_exact_aggregates_and_dead_letters(topics, bigquery_em
         result.cancel()
         dataset.drop()
     assert finals == expected
-    assert {base64.b64decode(row["payload"]): row["error_code"] for row in dead} == bad
+    assert len(dead) == len(bad)
+    assert {base64.b64decode(row["payload"]): row["error_code"] for row in dead} == bad  # the original bytes
+    for row in dead:  # the JSON column holds the record's position, as an object
+        payload = base64.b64decode(row["payload"])
+        assert (row["source_metadata"]["partition"], row["source_metadata"]["offset"]) == delivered[payload]
+
+
+def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offset per partition (the next offset it will read; -1001 = none)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        found = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return {tp.partition: tp.offset for tp in found}
+    finally:
+        consumer.close()
+
+
+def _run_until_committed(options: PipelineOptions, out: str, expected: dict, commit: tuple, deadline_s: float):
+    """Runs the pipeline until its aggregates files hold ``expected`` and the group committed ``commit``."""
+    bootstrap, group, topic, ends = commit
+    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
+    build_pipeline(pipeline, options)
+    result = pipeline.run()
+    finals, committed = {}, {}
+    try:
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            finals = final_counts(read_rows(out)[1])
+            committed = _committed(bootstrap, group, topic, len(ends))
+            if finals == expected and committed == ends:
+                break
+            time.sleep(1)
+    finally:
+        result.cancel()
+    return finals, committed
+
+
+def test_offsets_are_committed_and_a_restart_with_the_same_group_continues_where_it_stopped(kafka_broker, tmp_path):
+    bootstrap = kafka_broker.bootstrap_servers
+    topic, group, partitions = f"events-{uuid.uuid4().hex[:8]}", f"test-{uuid.uuid4().hex[:8]}", 2
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])[topic].result(timeout=30)
+    window_a = (now_us() // MINUTE_US - 4) * MINUTE_US
+    window_b = window_a + MINUTE_US
+
+    def argv(run: str) -> list[str]:
+        return [
+            f"--source=kafka://{bootstrap}/{topic}",
+            f"--sink={tmp_path / run / 'aggregates'}",
+            f"--dead_letter_sink={tmp_path / run / 'dead_letter'}",
+            f"--kafka_consumer_group={group}",
+            # Only for a group without committed offsets: the second run must start from the commits instead.
+            "--kafka_start_offset=earliest",
+            "--allowed_lateness=600",
+            "--early_firing=2",
+            "--runner=PrismRunner",
+            "--streaming",
+        ]
+
+    # Run 1: a fresh group reads from the earliest offset; 3 events on 2 partitions.
+    first = [_json(_fields(f"a{i}", window_a + i * 1_000_000, f"u{i}", i)) for i in range(1, 4)]
+    _produce(bootstrap, topic, first, partitions)
+    finals, committed = _run_until_committed(
+        PipelineOptions(argv("run1")),
+        str(tmp_path / "run1" / "aggregates"),
+        {(format_rfc3339_us(window_a), "click", "/home"): (3, 6.0, 3)},
+        (bootstrap, group, topic, {0: 2, 1: 1}),
+        DEADLINE_S,
+    )
+    assert finals == {(format_rfc3339_us(window_a), "click", "/home"): (3, 6.0, 3)}
+    assert committed == {0: 2, 1: 1}  # the end of what was read, per partition
+
+    # Run 2, same group, after 2 more events: it continues from the committed offsets and never sees run 1's events.
+    second = [_json(_fields(f"b{i}", window_b + i * 1_000_000, f"u{i}", 10 * i)) for i in range(1, 3)]
+    _produce(bootstrap, topic, second, partitions)
+    finals, committed = _run_until_committed(
+        PipelineOptions(argv("run2")),
+        str(tmp_path / "run2" / "aggregates"),
+        {(format_rfc3339_us(window_b), "click", "/home"): (2, 30.0, 2)},
+        (bootstrap, group, topic, {0: 3, 1: 2}),
+        DEADLINE_S,
+    )
+    assert finals == {(format_rfc3339_us(window_b), "click", "/home"): (2, 30.0, 2)}  # nothing of window_a re-read
+    assert committed == {0: 3, 1: 2}
+    assert read_rows(str(tmp_path / "run2" / "dead_letter"))[1] == []
+
+
+def test_kafka_timestamp_is_the_event_time_when_asked(topics, tmp_path):
+    """--timestamp_source=kafka_timestamp: windows follow the records' Kafka timestamps, not the payloads'
+    event_time (two hours old: as payload time every record would be too late and dead-lettered)."""
+    bootstrap, names = topics
+    window_a = (now_us() // MINUTE_US - 4) * MINUTE_US
+    window_b = window_a + MINUTE_US
+    stale = window_a - 120 * MINUTE_US
+    events = [_json(_fields(f"k{i}", stale + i * 1_000_000, f"u{i}", i)) for i in range(1, 4)]
+    kafka_times = [window_a + 1_000_000, window_a + 2_000_000, window_b + 1_000_000]  # microseconds
+    _produce(bootstrap, names["events"], events, timestamps_ms=[t // 1000 for t in kafka_times])
+    options = PipelineOptions(
+        [
+            f"--source=kafka://{bootstrap}/{names['events']}",
+            f"--sink={tmp_path / 'aggregates'}",
+            f"--dead_letter_sink={tmp_path / 'dead_letter'}",
+            "--timestamp_source=kafka_timestamp",
+            f"--kafka_consumer_group=test-{uuid.uuid4().hex[:8]}",
+            "--kafka_start_offset=earliest",
+            "--allowed_lateness=600",
+            "--early_firing=2",
+            "--runner=PrismRunner",
+            "--streaming",
+        ]
+    )
+    expected = {
+        (format_rfc3339_us(window_a), "click", "/home"): (2, 3.0, 2),
+        (format_rfc3339_us(window_b), "click", "/home"): (1, 3.0, 1),
+    }
+    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
+    build_pipeline(pipeline, options)
+    result = pipeline.run()
+    finals: dict = {}
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline and finals != expected:
+            finals = final_counts(read_rows(str(tmp_path / "aggregates"))[1])
+            time.sleep(1)
+    finally:
+        result.cancel()
+    assert finals == expected
+    assert read_rows(str(tmp_path / "dead_letter"))[1] == []  # nothing too late

@@ -46,11 +46,13 @@ class KafkaTopic(NamedTuple):
 
 
 class KafkaSettings(NamedTuple):
-    """How to read (consumer group, where a new group starts) and who expands the Java transforms."""
+    """How to read (consumer group, where a new group starts), who expands the Java transforms, and the client
+    properties both consumer and producer get on top (TLS/SASL: ``transforms/io/kafka_security.py``)."""
 
     consumer_group: str = DEFAULT_CONSUMER_GROUP
     start_offset: str = DEFAULT_START_OFFSET
     expansion_service: Any = None
+    client_properties: tuple[tuple[str, str], ...] = ()
 
 
 def parse_kafka_uri(uri: str) -> KafkaTopic:
@@ -73,6 +75,17 @@ def parse_kafka_uri(uri: str) -> KafkaTopic:
             "'-'; not '.' or '..')"
         )
     return KafkaTopic(tuple(servers), topic)
+
+
+_CONSUMER_GROUP = re.compile(r"[a-zA-Z0-9._-]{1,255}")
+
+
+def check_consumer_group(value: str | None) -> str:
+    """A consumer group id: 1-255 letters, digits, '.', '_', '-' (stricter than Kafka, which takes any string, so
+    that group names are safe in ACLs, metrics, logs and shell commands)."""
+    if not value or not _CONSUMER_GROUP.fullmatch(value):
+        raise ValueError(f"must be 1-255 characters of letters, digits, '.', '_' and '-', got {value!r}")
+    return value
 
 
 def check_start_offset(value: str) -> str:
@@ -123,6 +136,7 @@ class ReadKafkaRecords(beam.PTransform):
         ref, settings = self._ref, self._settings
         read = ReadFromKafka(
             consumer_config={
+                **dict(settings.client_properties),
                 "bootstrap.servers": ref.bootstrap_servers,
                 "group.id": settings.consumer_group,
                 "auto.offset.reset": settings.start_offset,
@@ -132,6 +146,9 @@ class ReadKafkaRecords(beam.PTransform):
             # The record's own timestamp (producer create time, or the broker's log-append time when the topic is
             # configured so): the arrival time the too-late filter judges by, the same on every runner.
             timestamp_policy=ReadFromKafka.create_time_policy,
+            # Offsets go back to the consumer group once the runner has checkpointed the records read (bundle
+            # finalization): a restarted job with the same group continues where this one stopped.
+            commit_offset_in_finalize=True,
             expansion_service=settings.expansion_service,
         )
         return pbegin | "Read" >> read | "ToRecord" >> beam.ParDo(_ToRecord(ref.uri)).with_output_types(SourceRecord)
@@ -155,7 +172,10 @@ class WriteKafkaRows(beam.PTransform):
             | "ToKV" >> beam.Map(to_kv).with_output_types(tuple[bytes, bytes])
             | "Produce"
             >> WriteToKafka(
-                producer_config={"bootstrap.servers": self._ref.bootstrap_servers},
+                producer_config={
+                    **dict(self._settings.client_properties),
+                    "bootstrap.servers": self._ref.bootstrap_servers,
+                },
                 topic=self._ref.topic,
                 expansion_service=self._settings.expansion_service,
             )
