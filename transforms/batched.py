@@ -99,6 +99,39 @@ class BatchParser:
                 decoded.append((i, result))
         return ParsedBatch(batch, valid, decoded), rejected
 
+    def parse_one_by_one(
+        self, batch: RecordBatch
+    ) -> tuple[ParsedBatch, list[tuple[int, Rejection]], list[tuple[int, Exception]]]:
+        """``parse`` record by record with the reference alone, for a batch that made ``parse`` throw: the
+        records that throw on their own come back as (position, exception), the others as usual."""
+        decoded: list[tuple[int, dict[str, Any]]] = []
+        rejected: list[tuple[int, Rejection]] = []
+        failed: list[tuple[int, Exception]] = []
+        for i in range(len(batch.payloads)):
+            try:
+                result = parse_record(batch.record(i), self._decode, self._max_payload_bytes)
+            except Exception as exc:  # noqa: BLE001 - the record's processing_error dead letter
+                failed.append((i, exc))
+                continue
+            (rejected if type(result) is Rejection else decoded).append((i, result))
+        return ParsedBatch(batch, [], decoded), rejected, failed
+
+    def validate_one_by_one(
+        self, parsed: ParsedBatch, arrival_us: int = 0
+    ) -> tuple[ValidBatch, list[tuple[int, Rejection]], list[tuple[int, Exception]]]:
+        """``validate`` record by record, for a batch that made ``validate`` throw (see ``parse_one_by_one``)."""
+        valid, rejected, failed = list(parsed.valid), [], []
+        for i, obj in parsed.decoded:
+            try:
+                checked, refused = self.validate(ParsedBatch(parsed.batch, [], [(i, obj)]), arrival_us)
+            except Exception as exc:  # noqa: BLE001 - the record's processing_error dead letter
+                failed.append((i, exc))
+                continue
+            valid.extend(checked.valid)
+            rejected.extend(refused)
+        valid.sort(key=_position)
+        return ValidBatch(parsed.batch, valid), rejected, failed
+
     def validate(self, parsed: ParsedBatch, arrival_us: int = 0) -> tuple[ValidBatch, list[tuple[int, Rejection]]]:
         batch, valid = parsed.batch, parsed.valid
         rejected: list[tuple[int, Rejection]] = []
@@ -165,7 +198,13 @@ class _ParseBatchDoFn(beam.DoFn):
     def process(self, element: RecordBatch | SourceRecord) -> Iterator[Any]:
         batch = _as_batch(element)
         self._read.inc(len(batch.payloads))
-        parsed, rejected = self._parser.parse(batch)
+        try:
+            parsed, rejected = self._parser.parse(batch)
+            failed: list[tuple[int, Exception]] = []
+        except Exception:  # noqa: BLE001 - one record must not fail its batch: retried record by record
+            parsed, rejected, failed = self._parser.parse_one_by_one(batch)
+        for i, exc in failed:
+            yield from _processing_errors(batch.record(i), dl.STAGE_PARSE, "ParseEvents", exc)
         for row in dead_letters(batch, rejected, dl.STAGE_PARSE):
             yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER_TAG, row)
         yield parsed
@@ -194,7 +233,13 @@ class _ValidateBatchDoFn(beam.DoFn):
         self._parser = BatchParser(*self._args)
 
     def process(self, parsed: ParsedBatch, arrival=beam.DoFn.TimestampParam) -> Iterator[Any]:
-        checked, rejected = self._parser.validate(parsed, arrival.micros)
+        try:
+            checked, rejected = self._parser.validate(parsed, arrival.micros)
+            failed: list[tuple[int, Exception]] = []
+        except Exception:  # noqa: BLE001 - one record must not fail its batch: retried record by record
+            checked, rejected, failed = self._parser.validate_one_by_one(parsed, arrival.micros)
+        for i, exc in failed:
+            yield from _processing_errors(parsed.batch.record(i), dl.STAGE_VALIDATE, "ValidateEvents", exc)
         for row in dead_letters(parsed.batch, rejected, dl.STAGE_VALIDATE):
             yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER_TAG, row)
         if checked.valid:

@@ -18,10 +18,11 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.runners import local_runner
 from tests.streaming.timeline import at, record, stream
-from transforms import analytics, batched, dedup, windowing
+from transforms import analytics, batched, dedup, fast_json, windowing
 from transforms import dead_letter as dl
 from transforms.analytics import AGGREGATES, DEAD_LETTERS, AnalyticsConfig, StreamingAnalytics
 from transforms.records import Event, RecordBatch
+from transforms.validate import EventValidator
 from transforms.windowing import FIXED, WindowSpec
 
 SPEC = WindowSpec(FIXED, size_s=60, allowed_lateness_s=120, early_firing_s=0)
@@ -158,5 +159,44 @@ def test_poison_record_in_a_batched_run(stage: str, monkeypatch) -> None:
                 )
             ),
             equal_to([("processing_error", stage, expected, True)]),
+            label="DeadLetters",
+        )
+
+
+@pytest.mark.parametrize("stage", ["parse", "validate"])
+def test_poison_record_in_batched_parse_and_validate(stage: str, monkeypatch) -> None:
+    """The batch's fast path and then the reference throw for one record: the batch is retried record by record
+    with the reference, and that record alone is a processing_error dead letter, with its original bytes."""
+
+    def is_poison_payloads(_self: Any, payloads: list) -> bool:
+        return any(b"poison" in payload for payload in payloads)
+
+    monkeypatch.setattr(
+        fast_json.FastJsonValidator,
+        "validate_batch",
+        poisoned(fast_json.FastJsonValidator.validate_batch, is_poison_payloads),
+    )
+    if stage == "parse":
+        monkeypatch.setattr(
+            batched, "parse_record", poisoned(batched.parse_record, lambda r, *_: b"poison" in r.payload)
+        )
+    else:
+        monkeypatch.setattr(
+            EventValidator, "validate", poisoned(EventValidator.validate, lambda _v, _o, r, *_: b"poison" in r.payload)
+        )
+    poison = record("poison", POISON_SECONDS, value=1000)
+    records = [record("a", 10, value=1), poison, record("b", 20, value=2), record("d", 70, value=8)]
+    with beam.Pipeline(runner=local_runner(PipelineOptions([]), streaming=False)) as p:
+        batches = [RecordBatch("test", [r.payload for r in records])]
+        outputs = p | beam.Create(batches) | StreamingAnalytics(AnalyticsConfig(window=SPEC))
+        assert_that(
+            outputs[AGGREGATES] | beam.Map(lambda r: (r["window_start"], r["event_count"], r["value_sum"])),
+            equal_to([("2024-01-01T00:00:00Z", 2, 3.0), ("2024-01-01T00:01:00Z", 1, 8.0)]),
+            label="Aggregates",
+        )
+        assert_that(
+            outputs[DEAD_LETTERS]
+            | "Summary" >> beam.Map(lambda r: (r["error_code"], r["stage"], dl.original_payload(r))),
+            equal_to([("processing_error", stage, poison.payload)]),
             label="DeadLetters",
         )
