@@ -88,12 +88,21 @@ def run(argv: Sequence[str]) -> RunSummary:
     return summary
 
 
+class _WithoutWorkerStartupNoise(logging.Filter):
+    """Beam's worker processes warn at start-up that they have no semi-persistent directory (a notion of Dataflow's
+    containers); the direct runner's multi-process mode forwards that once per worker. Everything else passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No semi_persistent_directory found" not in record.getMessage()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         print(_help())
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam.runners.portability.local_job_service").addFilter(_WithoutWorkerStartupNoise())
     try:
         summary = run(argv)
     except ConfigError as exc:
