@@ -10,117 +10,38 @@ every dead letter back from its topic: payload bytes, partition/offset metadata,
 from __future__ import annotations
 
 import base64
-import io
 import json
 import time
 import uuid
 from collections import Counter
 
 import apache_beam as beam
-import fastavro
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
-from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer
 
-import schemas
 from pipelines.graph import build_pipeline
 from pipelines.runners import local_runner
 from pipelines.summary import read_rows
+from tests.integration.event_mix import create_topics, expected_finals, mix, produce, recent_window
 from tests.integration.results import final_counts, wait_for_bigquery
-from transforms.timefmt import format_rfc3339_us, now_us
 
-MINUTE_US = 60_000_000
 DEADLINE_S = 110
-
-
-def _fields(event_id: str, at_us: int, user: str, value: int, event_type: str = "click") -> dict:
-    return {
-        "event_id": event_id,
-        "event_type": event_type,
-        "user_id": user,
-        "event_time": format_rfc3339_us(at_us),
-        "page": "/home",
-        "value": value,
-    }
-
-
-def _json(fields: dict) -> bytes:
-    return json.dumps(fields).encode()
-
-
-def _confluent_avro(fields: dict, schema_id: int = 1, magic: bytes = b"\x00") -> bytes:
-    body = io.BytesIO()
-    fastavro.schemaless_writer(body, schemas.event_avro_schema(), {"properties": None, **fields})
-    return magic + schema_id.to_bytes(4, "big") + body.getvalue()
-
-
-def _mix(fmt: str, window_a: int) -> tuple[list[bytes], dict[bytes, str]]:
-    window_b = window_a + MINUTE_US
-    too_late_at = window_a - 30 * MINUTE_US  # far beyond the allowed lateness of 600 s
-    events = [
-        _fields("a1", window_a + 1_000_000, "u1", 1),
-        _fields("a2", window_a + 2_000_000, "u2", 2),
-        _fields("a3", window_a + 3_000_000, "u1", 4),
-        _fields("b1", window_b + 1_000_000, "u3", 8),
-        _fields("b2", window_b + 5_000_000, "u3", 16, event_type="purchase"),
-    ]
-    if fmt == "json":
-        valid = [_json(e) for e in events]
-        bad = {
-            b'{"event_id": "m1", ': "malformed_json",
-            b'{"event_id":"t1","event_type":"click","user_id":7,"event_time":"2024-01-01T00:00:00Z"}': "invalid_type",
-            b"\xff\xfe": "invalid_encoding",
-            _json(_fields("late1", too_late_at, "u9", 99)): "too_late",
-        }
-    else:
-        valid = [_confluent_avro(e) for e in events]
-        bad = {
-            _confluent_avro(_fields("x1", window_a, "u1", 1), magic=b"\x01"): "malformed_avro",  # bad magic byte
-            _confluent_avro(_fields("x2", window_a, "u1", 1), schema_id=42): "malformed_avro",  # unknown schema id
-            b"\x00\x00\x00\x00\x01\xff\xff\xff": "malformed_avro",  # truncated body
-            _confluent_avro(_fields("v1", window_a, "u1", 1, event_type="Click!")): "invalid_value",
-            _confluent_avro(_fields("late1", too_late_at, "u9", 99)): "too_late",
-        }
-    return valid, bad
 
 
 @pytest.fixture
 def topics(kafka_broker):
     bootstrap = kafka_broker.bootstrap_servers
-    suffix = uuid.uuid4().hex[:8]
-    names = {"events": f"events-{suffix}", "dlq": f"dlq-{suffix}"}
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.create_topics(
-        [NewTopic(n, num_partitions=1, replication_factor=1) for n in names.values()]
-    ).values():
-        future.result(timeout=30)
-    return bootstrap, names
-
-
-def _produce(bootstrap: str, topic: str, payloads: list[bytes]) -> dict[bytes, tuple[int, int]]:
-    """Produces in order; returns payload -> (partition, offset) of its (last) delivery."""
-    delivered: dict[bytes, tuple[int, int]] = {}
-
-    def on_delivery(err, msg) -> None:
-        assert err is None, err
-        delivered[msg.value()] = (msg.partition(), msg.offset())
-
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
-    for payload in payloads:
-        producer.produce(topic, value=payload, key=b"test-key", on_delivery=on_delivery)
-    assert producer.flush(30) == 0
-    return delivered
+    return bootstrap, create_topics(bootstrap, "events", "dlq")
 
 
 @pytest.mark.parametrize("fmt", ["json", "confluent-avro"])
 def test_kafka_stream_gives_exact_aggregates_and_every_dead_letter(topics, tmp_path, fmt):
     bootstrap, names = topics
-    window_a = (now_us() // MINUTE_US - 4) * MINUTE_US  # a minute window 3-4 minutes ago: late, within lateness
-    window_b = window_a + MINUTE_US
-    valid, bad = _mix(fmt, window_a)
+    window_a = recent_window()
+    valid, bad = mix(fmt, window_a)
     # valid[0] again: a redelivery, dropped as a duplicate.
-    delivered = _produce(bootstrap, names["events"], [*valid, valid[0], *bad])
+    delivered = produce(bootstrap, names["events"], [*valid, valid[0], *bad])
     source = f"kafka://{bootstrap}/{names['events']}"
     options = PipelineOptions(
         [
@@ -145,11 +66,7 @@ def test_kafka_stream_gives_exact_aggregates_and_every_dead_letter(topics, tmp_p
         }
     )
     consumer.subscribe([names["dlq"]])
-    expected = {
-        (format_rfc3339_us(window_a), "click", "/home"): (3, 7.0, 2),
-        (format_rfc3339_us(window_b), "click", "/home"): (1, 8.0, 1),
-        (format_rfc3339_us(window_b), "purchase", "/home"): (1, 16.0, 1),
-    }
+    expected = expected_finals(window_a)
     dead = []
     finals = {}
     pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
@@ -192,10 +109,9 @@ def test_kafka_to_bigquery_exact_aggregates_and_dead_letters(topics, bigquery_em
 
     bootstrap, names = topics
     dataset = Dataset(bigquery_emulator)
-    window_a = (now_us() // MINUTE_US - 4) * MINUTE_US
-    window_b = window_a + MINUTE_US
-    valid, bad = _mix("json", window_a)
-    _produce(bootstrap, names["events"], [*valid, valid[0], *bad])
+    window_a = recent_window()
+    valid, bad = mix("json", window_a)
+    produce(bootstrap, names["events"], [*valid, valid[0], *bad])
     options = PipelineOptions(
         [
             f"--source=kafka://{bootstrap}/{names['events']}",
@@ -208,11 +124,7 @@ def test_kafka_to_bigquery_exact_aggregates_and_dead_letters(topics, bigquery_em
             "--runner=PrismRunner",
         ]
     )
-    expected = {
-        (format_rfc3339_us(window_a), "click", "/home"): (3, 7.0, 2),
-        (format_rfc3339_us(window_b), "click", "/home"): (1, 8.0, 1),
-        (format_rfc3339_us(window_b), "purchase", "/home"): (1, 16.0, 1),
-    }
+    expected = expected_finals(window_a)
     pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
     build_pipeline(pipeline, options)
     result = pipeline.run()
