@@ -1,4 +1,4 @@
-"""Session fixtures with real local services: Kafka, Pub/Sub (pstest) and BigQuery (local-bigquery).
+"""Session fixtures with real local services: Kafka, Flink, Pub/Sub (pstest) and BigQuery (local-bigquery).
 
 Each fixture reuses a server that `python -m services up` left running (if the state file lists it
 and a real client can use it), otherwise starts its own on free ports and stops it after the
@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import pytest
 
-from services import BigQueryEmulator, KafkaBroker, LocalService, PubSubEmulator
+from services import BigQueryEmulator, FlinkCluster, KafkaBroker, LocalService, PubSubEmulator
 
 S = TypeVar("S", bound=LocalService)
 
@@ -51,3 +51,14 @@ def pubsub_emulator() -> Iterator[PubSubEmulator]:
 def bigquery_emulator() -> Iterator[BigQueryEmulator]:
     """A healthy BigQuery emulator; `.endpoint`, `.grpc_host`, `.project`, `.client()`."""
     yield from _provide(BigQueryEmulator)
+
+
+@pytest.fixture(scope="session")
+def flink_cluster() -> Iterator[FlinkCluster]:
+    """A healthy Flink session cluster (JobManager + TaskManager); `.flink_master` is the value for --flink_master.
+
+    Shared by the session: each test cancels the jobs it left running, so the slots are free for the next one.
+    """
+    for cluster in _provide(FlinkCluster):
+        yield cluster
+        cluster.cancel_running_jobs()

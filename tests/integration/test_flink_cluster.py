@@ -1,0 +1,60 @@
+"""Kafka (a real broker) -> the main job on a real Flink session cluster (streaming) -> the BigQuery emulator.
+
+The cluster is Flink 1.16 from PyPI (services/flink.py): a JobManager and a TaskManager process. The pipeline is
+submitted through Beam's Flink job server (pipelines/jars.py) with no Flink-specific flag besides ``--flink_master``;
+the TaskManager reads Kafka itself (runner-native KafkaIO) and starts the Python and Java SDK workers as processes
+(pipelines/boot.py). Both tables must hold exactly the expected final aggregates and dead letters.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.graph import build_pipeline
+from pipelines.runners import local_runner
+from tests.integration.event_mix import create_topics, expected_finals, mix, produce, recent_window
+from tests.integration.results import wait_for_bigquery
+
+DEADLINE_S = 150
+
+
+def test_kafka_to_bigquery_on_a_flink_session_cluster(kafka_broker, flink_cluster, bigquery_emulator):
+    from tests.integration.test_bigquery_sink import Dataset
+
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = create_topics(bootstrap, "events")["events"]
+    dataset = Dataset(bigquery_emulator)
+    window_a = recent_window()
+    valid, bad = mix("json", window_a)
+    produce(bootstrap, topic, [*valid, valid[0], *bad])  # valid[0] twice: a redelivery, dropped as a duplicate
+    options = PipelineOptions(
+        [
+            f"--source=kafka://{bootstrap}/{topic}",
+            f"--sink={dataset.uri('aggregates')}",
+            f"--dead_letter_sink={dataset.uri('dead_letter')}",
+            f"--bigquery_endpoint={bigquery_emulator.endpoint}",
+            f"--kafka_consumer_group=test-{uuid.uuid4().hex[:8]}",
+            "--kafka_start_offset=earliest",
+            "--allowed_lateness=600",
+            "--runner=FlinkRunner",
+            f"--flink_master={flink_cluster.flink_master}",
+            "--streaming",
+        ]
+    )
+    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
+    build_pipeline(pipeline, options)
+    result = pipeline.run()
+    try:
+        finals, dead = wait_for_bigquery(dataset, expected_finals(window_a), len(bad), timeout_s=DEADLINE_S)
+        running = [job for job in flink_cluster.jobs() if job["status"] == "RUNNING"]
+    finally:
+        result.cancel()
+        dataset.drop()
+    assert len(running) == 1  # the job ran on the cluster, not on an embedded Flink
+    assert finals == expected_finals(window_a)
+    assert {base64.b64decode(row["payload"]): row["error_code"] for row in dead} == bad
+    assert len(dead) == len(bad)
