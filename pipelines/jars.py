@@ -205,7 +205,7 @@ def java_set(name: str) -> JavaSet:
 
 
 def _fingerprint(java: JavaSet) -> str:
-    text = java.pom() + java.boot_script() + json.dumps(dict(java.launchers)) + " ".join(_JDK_OPENS)
+    text = java.pom() + java.boot_script() + json.dumps(dict(java.launchers)) + " ".join(_JDK_OPENS) + "exports"
     return hashlib.sha256((text + str(REPO_ROOT)).encode()).hexdigest()
 
 
@@ -228,6 +228,7 @@ def _write_launchers(java: JavaSet, lib: Path) -> None:
             "Manifest-Version: 1.0\n"
             f"Main-Class: {main}\n"
             f"Add-Opens: {' '.join(_JDK_OPENS)}\n"
+            "Add-Exports: java.base/sun.net.util\n"
             # One entry per continuation line keeps every line under the manifest's 72-byte limit.
             "Class-Path: " + "\n  ".join(jars) + "\n"
         )
