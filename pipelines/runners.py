@@ -144,7 +144,8 @@ def fill_flink_options(options: PipelineOptions) -> PipelineOptions:
     """``--runner=FlinkRunner``: the cached job server jar unless ``--flink_job_server_jar`` is given (so Beam never
     downloads one), and Python workers without Docker: LOOPBACK (in this process) on the embedded Flink
     (``--flink_master=[local]``), a PROCESS environment (``pipelines/boot.py``, started by the TaskManager) on a
-    cluster. An explicit ``--environment_type`` wins. Returns ``options`` (changed in place)."""
+    cluster. An explicit ``--environment_type`` wins. The Flink options of ``AnalyticsOptions`` (checkpointing, state
+    backend, restarts) get the types the job server expects. Returns ``options`` (changed in place)."""
     from apache_beam.options.pipeline_options import FlinkRunnerOptions, PortableOptions
 
     from pipelines.boot import python_boot_command
@@ -153,6 +154,11 @@ def fill_flink_options(options: PipelineOptions) -> PipelineOptions:
     flink = options.view_as(FlinkRunnerOptions)
     if not flink.flink_job_server_jar:
         flink.flink_job_server_jar = str(flink_job_server_jar())
+    from pipelines.options import AnalyticsOptions, flink_settings
+
+    # Typed for the job server (Beam Java's FlinkPipelineOptions: checkpointing_interval -> checkpointingInterval).
+    for name, value in flink_settings(options).items():
+        setattr(options.view_as(AnalyticsOptions), name, value)
     portable = options.view_as(PortableOptions)
     if not portable.environment_type and flink.flink_master.strip() not in EMBEDDED_FLINK:
         portable.environment_type = "PROCESS"

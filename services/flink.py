@@ -192,6 +192,13 @@ class FlinkCluster(LocalService):
         """The job's checkpoint statistics (REST ``/jobs/<id>/checkpoints``)."""
         return self._get(f"/jobs/{job_id}/checkpoints")
 
+    def completed_checkpoints(self, job_id: str) -> int:
+        return int(self.checkpoints(job_id).get("counts", {}).get("completed", 0))
+
+    def checkpoint_config(self, job_id: str) -> dict[str, Any]:
+        """How the job checkpoints: ``interval`` (ms), ``mode``, ``state_backend``... (``.../checkpoints/config``)."""
+        return self._get(f"/jobs/{job_id}/checkpoints/config")
+
     def cancel_running_jobs(self) -> list[str]:
         """Cancels every job that is not finished yet (a test's leftovers); returns their ids."""
         cancelled = []
