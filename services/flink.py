@@ -199,6 +199,11 @@ class FlinkCluster(LocalService):
         """How the job checkpoints: ``interval`` (ms), ``mode``, ``state_backend``... (``.../checkpoints/config``)."""
         return self._get(f"/jobs/{job_id}/checkpoints/config")
 
+    def restarts(self, job_id: str) -> int:
+        """How often the job restarted after a failure (its ``numRestarts`` metric)."""
+        metrics = self._get(f"/jobs/{job_id}/metrics?get=numRestarts")
+        return int(metrics[0]["value"]) if metrics else 0
+
     def cancel_running_jobs(self) -> list[str]:
         """Cancels every job that is not finished yet (a test's leftovers); returns their ids."""
         cancelled = []

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import uuid
 
 import fastavro
 
@@ -84,19 +83,6 @@ def expected_finals(window_a: int) -> dict[tuple, tuple]:
         (format_rfc3339_us(window_b), "click", "/home"): (1, 8.0, 1),
         (format_rfc3339_us(window_b), "purchase", "/home"): (1, 16.0, 1),
     }
-
-
-def create_topics(bootstrap: str, *prefixes: str, partitions: int = 1) -> dict[str, str]:
-    """Fresh topics named ``<prefix>-<random>``; returns prefix -> topic name."""
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    suffix = uuid.uuid4().hex[:8]
-    names = {prefix: f"{prefix}-{suffix}" for prefix in prefixes}
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    new = [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names.values()]
-    for future in admin.create_topics(new).values():
-        future.result(timeout=30)
-    return names
 
 
 def produce(bootstrap: str, topic: str, payloads: list[bytes]) -> dict[bytes, tuple[int, int]]:

@@ -17,7 +17,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.graph import build_pipeline
 from pipelines.runners import local_runner
-from tests.integration.event_mix import create_topics, expected_finals, mix, produce, recent_window
+from services.kafka import create_topics
+from tests.integration.event_mix import expected_finals, mix, produce, recent_window
 from tests.integration.results import wait_for_bigquery
 
 DEADLINE_S = 150

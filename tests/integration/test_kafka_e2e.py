@@ -23,7 +23,8 @@ from confluent_kafka import Consumer
 from pipelines.graph import build_pipeline
 from pipelines.runners import local_runner
 from pipelines.summary import read_rows
-from tests.integration.event_mix import create_topics, expected_finals, mix, produce, recent_window
+from services.kafka import create_topics
+from tests.integration.event_mix import expected_finals, mix, produce, recent_window
 from tests.integration.results import final_counts, wait_for_bigquery
 
 DEADLINE_S = 110

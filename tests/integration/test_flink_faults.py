@@ -1,0 +1,180 @@
+"""Issue 6 on Flink: the Kafka broker is killed and restarted mid-stream while the pipeline runs on the Flink session
+cluster with checkpointing. The final aggregates must be exactly those of an undisturbed run of the same records, and
+every record must be accounted for: records in = aggregated + dead-lettered + duplicates, lost = 0.
+
+Load: the synthetic generator's records (valid, bad, redelivered, late within the allowed lateness) produced in real
+time at RATE records/s for LOAD_S seconds to a private broker; the producer keeps going through the outage (it buffers
+and retries). The undisturbed run is the same records, as a file, through the batch pipeline on the direct runner
+(batch = streaming is what tests/streaming proves), so any difference is the fault's. The sinks are at-least-once: a
+job restarted from a checkpoint may write a dead letter twice, so dead letters count once per source offset.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from confluent_kafka import Producer
+
+from pipelines.graph import build_pipeline
+from pipelines.runners import local_runner
+from pipelines.streaming_analytics import run
+from pipelines.summary import read_rows
+from services import KafkaBroker
+from services.kafka import create_topics
+from tests.integration.results import final_counts
+from transforms.io.synthetic import generate_block, parse_synthetic_uri
+from transforms.timefmt import now_us
+
+RATE = 40  # records/s
+LOAD_S = 30
+FAULT_AT_S = 10  # into the load
+DOWN_S = 3
+SPEC = "synthetic://?rate=40&keys=5&users=60&event_types=3&bad=0.04&duplicates=0.04&late=0.05&late_by=60&seed=23"
+WINDOWS = ["--window_size=10", "--allowed_lateness=600", "--early_firing=0"]
+JOB_START_S = 180
+SETTLE_S = 150
+
+
+@pytest.fixture
+def private_kafka():
+    """A broker of this test's own: it gets killed."""
+    with KafkaBroker() as broker:
+        yield broker
+
+
+def _undisturbed(tmp_path, payloads: list[bytes]):
+    source = tmp_path / "records.jsonl"
+    source.write_bytes(b"\n".join(payloads) + b"\n")
+    out = tmp_path / "undisturbed"
+    return run([f"--source={source}", f"--sink={out / 'agg'}", f"--dead_letter_sink={out / 'dlq'}", *WINDOWS])
+
+
+class LoadProducer(threading.Thread):
+    """Produces each record at its scheduled arrival time; counts what was handed over while the broker was down."""
+
+    def __init__(self, bootstrap: str, topic: str, schedule: list[tuple[int, bytes]]) -> None:
+        super().__init__(daemon=True)
+        # librdkafka's connection errors during the outage go to Python logging (pytest keeps them), not stderr.
+        self._producer = Producer(
+            {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5},
+            logger=logging.getLogger("load-producer"),
+        )
+        self._topic, self._schedule = topic, schedule
+        self.delivered = 0
+        self.errors: list[str] = []
+        self.broker_down = threading.Event()
+        self.produced_while_down = 0
+
+    def _on_delivery(self, err, msg) -> None:
+        if err is None:
+            self.delivered += 1
+        else:
+            self.errors.append(str(err))
+
+    def run(self) -> None:
+        for due_us, payload in self._schedule:
+            delay = (due_us - now_us()) / 1e6
+            if delay > 0:
+                time.sleep(delay)
+            self._producer.produce(self._topic, value=payload, on_delivery=self._on_delivery)
+            self._producer.poll(0)
+            if self.broker_down.is_set():
+                self.produced_while_down += 1
+        self.unflushed = self._producer.flush(120)
+
+
+def test_kafka_broker_restart_on_flink_loses_nothing(private_kafka, flink_cluster, tmp_path):
+    bootstrap = private_kafka.bootstrap_servers
+    topic = create_topics(bootstrap, "load")["load"]
+    spec = parse_synthetic_uri(SPEC)
+    out = tmp_path / "flink"
+    options = PipelineOptions(
+        [
+            f"--source=kafka://{bootstrap}/{topic}",
+            f"--sink={out / 'agg'}",
+            f"--dead_letter_sink={out / 'dlq'}",
+            f"--kafka_consumer_group=fault-{uuid.uuid4().hex[:8]}",
+            "--kafka_start_offset=earliest",
+            *WINDOWS,
+            "--runner=FlinkRunner",
+            f"--flink_master={flink_cluster.flink_master}",
+            "--streaming",
+            "--checkpointing_interval=1000",
+            "--number_of_execution_retries=30",
+            "--execution_retry_delay=2000",
+        ]
+    )
+    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
+    build_pipeline(pipeline, options)
+    submitted = time.monotonic()
+    result = pipeline.run()
+    try:
+        # The whole job is up once a checkpoint has completed (every operator acknowledged it).
+        deadline = time.monotonic() + JOB_START_S
+        job_id = None
+        while time.monotonic() < deadline:
+            running = [job["id"] for job in flink_cluster.jobs() if job["status"] == "RUNNING"]
+            if running and flink_cluster.completed_checkpoints(running[0]) > 0:
+                job_id = running[0]
+                break
+            time.sleep(1)
+        assert job_id, "the job did not start checkpointing"
+        job_up_s = time.monotonic() - submitted
+
+        start_us = now_us() + 1_000_000
+        records = list(generate_block(spec, 0, RATE * LOAD_S, anchor_us=start_us))
+        producer = LoadProducer(bootstrap, topic, [(arrival, payload) for _, arrival, payload in records])
+        producer.start()
+        time.sleep(max(0.0, (start_us - now_us()) / 1e6 + FAULT_AT_S))
+        producer.broker_down.set()
+        fault_at = (now_us() - start_us) / 1e6
+        began = time.monotonic()
+        private_kafka.restart(crash=True, down_for=DOWN_S)  # SIGKILL, down, same port and data again
+        back_after = time.monotonic() - began
+        producer.broker_down.clear()
+        producer.join(timeout=LOAD_S + 150)
+        assert not producer.is_alive() and producer.unflushed == 0 and not producer.errors, producer.errors
+
+        load_done = time.monotonic()
+        payloads = [payload for _, _, payload in records]
+        reference = _undisturbed(tmp_path, payloads)
+        expected = final_counts(reference.aggregate_rows)
+        expected_dead = Counter(row["error_code"] for row in reference.dead_letter_rows)
+        deadline = time.monotonic() + SETTLE_S
+        while True:
+            finals = final_counts(read_rows(str(out / "agg"))[1])
+            once = {
+                (r["source_metadata"]["partition"], r["source_metadata"]["offset"]): r
+                for r in read_rows(str(out / "dlq"))[1]
+            }
+            if (finals == expected and len(once) == len(reference.dead_letter_rows)) or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        settled_s = time.monotonic() - load_done
+        restarts = flink_cluster.restarts(job_id)
+    finally:
+        result.cancel()
+
+    aggregated = sum(count for count, _, _ in finals.values())
+    duplicates = reference.counters["duplicates"]
+    lost = producer.delivered - aggregated - len(once) - duplicates
+    print(
+        f"\nfault report (Flink, checkpointing 1 s): load held {RATE} records/s for {LOAD_S} s "
+        f"({producer.produced_while_down} produced while the broker was down); fault injected: broker killed "
+        f"(SIGKILL) at +{fault_at:.1f} s, serving again {back_after:.1f} s later; job restarts {restarts}; "
+        f"records in {producer.delivered}; records out {aggregated} aggregated + {len(once)} dead-lettered "
+        f"+ {duplicates} duplicates dropped; lost = {lost} (job checkpointing {job_up_s:.0f} s after submission, "
+        f"results complete {settled_s:.0f} s after the load ended)"
+    )
+    assert producer.delivered == len(records) == RATE * LOAD_S
+    assert producer.produced_while_down > 0  # the load really went on through the outage
+    assert finals == expected
+    assert Counter(row["error_code"] for row in once.values()) == expected_dead
+    assert lost == 0
