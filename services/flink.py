@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import urllib.request
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from services import cache
@@ -204,11 +205,11 @@ class FlinkCluster(LocalService):
         metrics = self._get(f"/jobs/{job_id}/metrics?get=numRestarts")
         return int(metrics[0]["value"]) if metrics else 0
 
-    def cancel_running_jobs(self) -> list[str]:
-        """Cancels every job that is not finished yet (a test's leftovers); returns their ids."""
+    def cancel_running_jobs(self, keep: Collection[str] = ()) -> list[str]:
+        """Cancels every job not finished yet, but those in ``keep``; returns their ids."""
         cancelled = []
         for job in self.jobs():
-            if job.get("status") in ("RUNNING", "CREATED", "RESTARTING", "INITIALIZING"):
+            if job["id"] not in keep and job.get("status") in ("RUNNING", "CREATED", "RESTARTING", "INITIALIZING"):
                 request = urllib.request.Request(f"{self.rest_url}/jobs/{job['id']}?mode=cancel", method="PATCH")
                 with urllib.request.urlopen(request, timeout=10):
                     cancelled.append(job["id"])
