@@ -6,15 +6,21 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help run test lint unit streaming integration services-up services-down services-status clean
+.PHONY: help run test lint unit streaming integration services-up services-down services-status clean fuzz
 
 help:  ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-$(STAMP): setup.py
+# Runtime dependencies are installed at exactly the versions the flex template image pins (templates/requirements.txt,
+# hashes stripped into a constraints file), so the tests run what production runs.
+CONSTRAINTS := $(VENV)/constraints.txt
+
+$(STAMP): setup.py templates/requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip wheel
-	@$(PY) -m pip install -q -e '.[test]'
+	@sed -e 's/[[:space:]]*\\$$//' -e '/^[[:space:]]*--hash/d' -e '/^[[:space:]]*#/d' -e '/^[[:space:]]*$$/d' \
+		templates/requirements.txt > $(CONSTRAINTS)
+	@$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[test]'
 	@touch $(STAMP)
 
 install: $(STAMP)  ## Create the venv and install the project with test extras
@@ -37,6 +43,17 @@ streaming: $(STAMP)  ## TestStream timeline tests only
 
 integration: $(STAMP)  ## Integration tests (real local services) only
 	@$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+FUZZ_INPUTS ?= 5000000
+FUZZ_SEED ?= 7
+FUZZ_SECONDS ?= 600
+fuzz: $(STAMP)  ## Long fuzz of parse/validate: FUZZ_INPUTS seeded inputs, then atheris for FUZZ_SECONDS
+	@$(PY) -m pip install -q -e '.[test,fuzz]'
+	@$(PY) -m tests.fuzz.run --inputs $(FUZZ_INPUTS) --seed $(FUZZ_SEED)
+	@mkdir -p .cache/fuzz/corpus .cache/fuzz/crashes
+	@$(PY) -m tests.fuzz.run --inputs 20000 --seed $(FUZZ_SEED) --write-corpus .cache/fuzz/corpus
+	@$(PY) -m tests.fuzz.atheris_target -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=65536 \
+		-artifact_prefix=.cache/fuzz/crashes/ .cache/fuzz/corpus
 
 services-up: $(STAMP)  ## Start the local services (Kafka, Pub/Sub, BigQuery emulators) in the background
 	@$(PY) -m services up

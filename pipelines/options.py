@@ -23,8 +23,11 @@ from transforms.analytics import (
 from transforms.io import KAFKA, PUBSUB, UnsupportedUri, check_sink, check_source, is_replay, is_unbounded, scheme_of
 from transforms.io.bigquery import SCHEME as BIGQUERY
 from transforms.io.bigquery import STREAMING_INSERTS, check_write_method, resolve_endpoint
-from transforms.io.kafka import DEFAULT_CONSUMER_GROUP, DEFAULT_START_OFFSET, check_start_offset
+from transforms.io.kafka import DEFAULT_CONSUMER_GROUP, DEFAULT_START_OFFSET, check_consumer_group, check_start_offset
+from transforms.io.kafka_security import PLAINTEXT, KafkaSecurity, KafkaSecurityError, kafka_security
 from transforms.parse import FORMATS
+from transforms.pseudonymize import load_key
+from transforms.secrets import SecretError
 from transforms.validate import CONTRACT_FIELDS
 from transforms.windowing import SLIDING, WINDOW_KINDS, WindowSpec
 
@@ -129,6 +132,39 @@ class AnalyticsOptions(PipelineOptions):
             "(auto.offset.reset).",
         )
         group.add_argument(
+            "--kafka_security_protocol",
+            default=PLAINTEXT,
+            help="kafka:// sources and sinks: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (TLS + SASL).",
+        )
+        group.add_argument(
+            "--kafka_sasl_mechanism",
+            default=None,
+            help="SASL_* protocols: SCRAM-SHA-512 (the default), SCRAM-SHA-256 or PLAIN (only over SASL_SSL).",
+        )
+        group.add_argument("--kafka_sasl_username", default=None, help="SASL_* protocols: the user name.")
+        group.add_argument(
+            "--kafka_sasl_password",
+            default=None,
+            help="SASL_* protocols: a reference to the password, env:NAME (resolved by the Kafka client in the Java "
+            "worker; never the password itself).",
+        )
+        group.add_argument(
+            "--kafka_ssl_ca_cert",
+            default=None,
+            help="SSL/SASL_SSL: PEM file (local or gs://) of the CA certificate(s) to trust. Default: the JVM's "
+            "trusted CAs.",
+        )
+        group.add_argument(
+            "--kafka_ssl_client_cert",
+            default=None,
+            help="Mutual TLS: PEM file (local or gs://) of the client certificate chain; needs --kafka_ssl_client_key.",
+        )
+        group.add_argument(
+            "--kafka_ssl_client_key",
+            default=None,
+            help="Mutual TLS: a reference to the client's PKCS#8 PEM private key, env:NAME (never the key itself).",
+        )
+        group.add_argument(
             "--timestamp_source",
             default=TIMESTAMP_PAYLOAD,
             help="Event time: payload (the record's event_time, default), publish_time (pubsub:// sources) or "
@@ -170,6 +206,20 @@ class AnalyticsOptions(PipelineOptions):
             "--max_clock_skew",
             default="86400",
             help="Seconds an event_time may be ahead of processing time before it is out of range.",
+        )
+        group.add_argument(
+            "--pseudonymize_user_id",
+            nargs="?",
+            const="true",
+            default="false",
+            help="true: replace user_id by its keyed HMAC-SHA256 (64 hex characters) right after validation, so "
+            "aggregates, sketches and dead letters never hold a raw user_id (docs/security.md).",
+        )
+        group.add_argument(
+            "--pseudonymization_key",
+            default=None,
+            help="With --pseudonymize_user_id: a reference to the HMAC key (at least 32 bytes), env:NAME or "
+            "projects/P/secrets/S/versions/V (Secret Manager); resolved on each worker, never in the job graph.",
         )
         flink = parser.add_argument_group(FLINK_GROUP)
         flink.add_argument(
@@ -295,8 +345,15 @@ def analytics_config(options: PipelineOptions) -> AnalyticsConfig:
         check_start_offset(opts.kafka_start_offset)
     except ValueError as exc:
         raise ConfigError(f"--kafka_start_offset {exc}") from None
-    if not (opts.kafka_consumer_group or "").strip():
-        raise ConfigError("--kafka_consumer_group must not be empty")
+    try:
+        check_consumer_group(opts.kafka_consumer_group)
+    except ValueError as exc:
+        raise ConfigError(f"--kafka_consumer_group {exc}") from None
+    try:
+        kafka_security_settings(options).check_secrets_resolve()
+    except KafkaSecurityError as exc:
+        raise ConfigError(str(exc)) from None
+    pseudonymization_key = _pseudonymization_key(opts)
     if is_replay(opts.source) and not is_direct(options):
         raise ConfigError(
             "--source: mode=replay (and the default embedded demo) replays through TestStream, which only the "
@@ -317,7 +374,57 @@ def analytics_config(options: PipelineOptions) -> AnalyticsConfig:
         window=spec,
         streaming=streaming,
         timestamp_source=opts.timestamp_source,
+        pseudonymization_key=pseudonymization_key,
     )
+
+
+_BOOLEANS = {"true": True, "false": False}
+
+
+def _pseudonymization_key(opts: AnalyticsOptions) -> str | None:
+    """The key's reference when pseudonymization is on (the key itself checked: readable, long enough)."""
+    raw = str(opts.pseudonymize_user_id).strip().lower()
+    if raw not in _BOOLEANS:
+        raise ConfigError(f"--pseudonymize_user_id must be true or false, got {opts.pseudonymize_user_id!r}")
+    reference = opts.pseudonymization_key
+    if not _BOOLEANS[raw]:
+        if reference:
+            raise ConfigError("--pseudonymization_key applies only with --pseudonymize_user_id")
+        return None
+    if not reference:
+        raise ConfigError(
+            "--pseudonymization_key is required with --pseudonymize_user_id (env:NAME or "
+            "projects/P/secrets/S/versions/V)"
+        )
+    try:
+        load_key(reference)  # start-up check only; workers resolve the reference again in their setup
+    except SecretError as exc:
+        raise ConfigError(f"--pseudonymization_key {exc}") from None
+    return reference.strip()
+
+
+def _uses_kafka(opts: AnalyticsOptions) -> bool:
+    return KAFKA in (scheme_of(opts.source), scheme_of(opts.sink), scheme_of(opts.dead_letter_sink))
+
+
+def kafka_security_settings(options: PipelineOptions) -> KafkaSecurity:
+    """The validated ``--kafka_security_protocol``/``--kafka_sasl_*``/``--kafka_ssl_*`` settings (certificates read)."""
+    opts = options.view_as(AnalyticsOptions)
+    try:
+        security = kafka_security(
+            opts.kafka_security_protocol,
+            opts.kafka_sasl_mechanism,
+            opts.kafka_sasl_username,
+            opts.kafka_sasl_password,
+            opts.kafka_ssl_ca_cert,
+            opts.kafka_ssl_client_cert,
+            opts.kafka_ssl_client_key,
+        )
+    except KafkaSecurityError as exc:
+        raise ConfigError(str(exc)) from None
+    if security.protocol != PLAINTEXT and not _uses_kafka(opts):
+        raise ConfigError("--kafka_security_protocol applies only to kafka:// sources and sinks")
+    return security
 
 
 def flink_settings(options: PipelineOptions) -> dict[str, int | str]:

@@ -46,7 +46,7 @@ DESCRIPTION = (
 # Building blocks (mirroring transforms/io and pipelines/options).
 _WHOLE = "[0-9]+"  # >= 0
 _POSITIVE = "[1-9][0-9]*"  # >= 1
-_GCP_PROJECT = "[a-z][-a-z0-9.:]{4,61}[a-z0-9]"
+_GCP_PROJECT = "([a-z][-a-z0-9]*([.][-a-z0-9]+)+:)?[a-z][-a-z0-9]{4,28}[a-z0-9]"
 _PUBSUB_NAME = "[A-Za-z][-A-Za-z0-9._~%+]{2,254}"
 _PUBSUB_SOURCE = f"pubsub://projects/{_GCP_PROJECT}/(topics|subscriptions)/{_PUBSUB_NAME}"
 _PUBSUB_TOPIC = f"pubsub://projects/{_GCP_PROJECT}/topics/{_PUBSUB_NAME}"
@@ -58,6 +58,15 @@ _PATH_PREFIX = "(file://)?[^:]*[^:/]"  # a local path prefix (not a directory)
 _SYNTHETIC = "synthetic://[^ ]*"
 _KAFKA_SERVER = "([A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?|\\[[0-9A-Fa-f:.]+\\]):[0-9]{1,5}"
 _KAFKA = f"kafka://{_KAFKA_SERVER}(,{_KAFKA_SERVER})*/[-A-Za-z0-9._]{{1,249}}"
+_ENV_REF = "env:[A-Za-z_][A-Za-z0-9_]{0,254}"
+_SECRET_VERSION = (
+    "projects/([a-z][-a-z0-9]{4,28}[a-z0-9]|[0-9]{1,20})/secrets/[-A-Za-z0-9_]{1,255}"
+    "/versions/([1-9][0-9]{0,18}|latest)"
+)
+_PEM_FILE = "((file|gs)://)?[^:]+"
+_KAFKA_CONTEXT = ("--source=kafka://127.0.0.1:9092/events",)
+# Secret references in examples resolve from these variables (tests/unit/test_template_metadata.py sets them).
+EXAMPLE_SECRET_ENV = {"KAFKA_PASSWORD": "example-password", "PSEUDONYMIZATION_KEY": "k" * 48}
 
 
 @dataclass(frozen=True)
@@ -144,8 +153,7 @@ PARAMS: dict[str, Param] = {
     "kafka_consumer_group": Param(
         regex="^[-A-Za-z0-9._]{1,255}$",
         examples=("realtime-analytics", "analytics.v2"),
-        bad=("", " "),
-        stricter=("my group",),
+        bad=("", " ", "my group", "a" * 256, "group/1"),
         label="Kafka consumer group",
     ),
     "kafka_start_offset": Param(
@@ -155,6 +163,78 @@ PARAMS: dict[str, Param] = {
         label="Kafka start offset",
         param_type="ENUM",
         enum=("earliest", "latest"),
+    ),
+    "kafka_security_protocol": Param(
+        regex="^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$",
+        examples=("PLAINTEXT", "SSL", "SASL_SSL", "SASL_PLAINTEXT"),
+        bad=("TLS", "sasl", "SASL-SSL"),
+        label="Kafka security protocol",
+        param_type="ENUM",
+        enum=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+        context={
+            "*": _KAFKA_CONTEXT,
+            "SASL_SSL": ("--kafka_sasl_username=analytics", "--kafka_sasl_password=env:KAFKA_PASSWORD"),
+            "SASL_PLAINTEXT": ("--kafka_sasl_username=analytics", "--kafka_sasl_password=env:KAFKA_PASSWORD"),
+        },
+    ),
+    "kafka_sasl_mechanism": Param(
+        regex="^(SCRAM-SHA-512|SCRAM-SHA-256|PLAIN)$",
+        examples=("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"),
+        bad=("GSSAPI", "OAUTHBEARER", "scram"),
+        label="Kafka SASL mechanism",
+        param_type="ENUM",
+        enum=("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"),
+        note="Default with SASL_*: SCRAM-SHA-512.",
+        context={
+            "*": (
+                *_KAFKA_CONTEXT,
+                "--kafka_security_protocol=SASL_SSL",
+                "--kafka_sasl_username=analytics",
+                "--kafka_sasl_password=env:KAFKA_PASSWORD",
+            )
+        },
+    ),
+    "kafka_sasl_username": Param(
+        regex="^[!#-~]{1,255}$",
+        examples=("analytics", "svc.analytics@example.com"),
+        bad=("", "a b", 'a"b'),
+        lenient=("a\\b",),
+        label="Kafka SASL user name",
+        context={
+            "*": (*_KAFKA_CONTEXT, "--kafka_security_protocol=SASL_SSL", "--kafka_sasl_password=env:KAFKA_PASSWORD")
+        },
+    ),
+    "kafka_sasl_password": Param(
+        regex=f"^{_ENV_REF}$",
+        examples=("env:KAFKA_PASSWORD",),
+        bad=("hunter2", "env:", "env:1BAD", "projects/my-project/secrets/kafka/versions/1"),
+        label="Kafka SASL password (secret reference)",
+        note="Never the password itself: env:NAME, an environment variable of the launcher and the workers.",
+        context={"*": (*_KAFKA_CONTEXT, "--kafka_security_protocol=SASL_SSL", "--kafka_sasl_username=analytics")},
+    ),
+    "kafka_ssl_ca_cert": Param(
+        regex=f"^{_PEM_FILE}$",
+        examples=(),  # a file must exist to be accepted: tests/unit/test_security_options.py checks real ones
+        bad=("kafka://host:9092/ca.pem",),
+        label="Kafka CA certificate (PEM file)",
+        lenient=("/nonexistent/ca.pem",),
+        context={"*": (*_KAFKA_CONTEXT, "--kafka_security_protocol=SSL")},
+    ),
+    "kafka_ssl_client_cert": Param(
+        regex=f"^{_PEM_FILE}$",
+        examples=(),  # see kafka_ssl_ca_cert
+        bad=("kafka://host:9092/client.pem",),
+        label="Kafka client certificate (PEM file)",
+        lenient=("/nonexistent/client.pem",),
+        context={"*": (*_KAFKA_CONTEXT, "--kafka_security_protocol=SSL", "--kafka_ssl_client_key=env:KAFKA_PASSWORD")},
+    ),
+    "kafka_ssl_client_key": Param(
+        regex=f"^{_ENV_REF}$",
+        examples=(),  # needs --kafka_ssl_client_cert, a file: see kafka_ssl_ca_cert
+        bad=("-----BEGIN PRIVATE KEY-----", "env:", "projects/my-project/secrets/key/versions/1"),
+        label="Kafka client private key (secret reference)",
+        note="Never the key itself: env:NAME holding the PKCS#8 PEM key.",
+        context={"*": (*_KAFKA_CONTEXT, "--kafka_security_protocol=SSL")},
     ),
     "timestamp_source": Param(
         regex=f"^({'|'.join(TIMESTAMP_SOURCES)})$",
@@ -243,6 +323,22 @@ PARAMS: dict[str, Param] = {
         bad=("-1", "1d"),
         label="Maximum clock skew (seconds)",
         param_type="NUMBER",
+    ),
+    "pseudonymize_user_id": Param(
+        regex="^(true|false|TRUE|FALSE|True|False)$",
+        examples=("true", "false"),
+        bad=("yes", "1", ""),
+        label="Pseudonymize user_id",
+        param_type="BOOLEAN",
+        context={"true": ("--pseudonymization_key=env:PSEUDONYMIZATION_KEY",)},
+    ),
+    "pseudonymization_key": Param(
+        regex=f"^({_ENV_REF}|{_SECRET_VERSION})$",
+        examples=("env:PSEUDONYMIZATION_KEY",),
+        bad=("my-secret-hmac-key-0123456789abcdef", "env:", "projects/p/secrets/s"),
+        label="Pseudonymization key (secret reference)",
+        note="Use a Secret Manager version on Dataflow; never the key itself.",
+        context={"*": ("--pseudonymize_user_id=true",)},
     ),
 }
 

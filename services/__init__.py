@@ -11,7 +11,7 @@ from services._process import ServiceError
 from services._service import LocalService
 from services.bigquery import BigQueryEmulator
 from services.flink import FlinkCluster
-from services.kafka import KafkaBroker
+from services.kafka import KafkaBroker, SecureKafkaBroker
 from services.pubsub import PubSubEmulator
 
 # Order matters for `services up`: the JVMs take longest, so they start first.
@@ -29,5 +29,6 @@ __all__ = [
     "KafkaBroker",
     "LocalService",
     "PubSubEmulator",
+    "SecureKafkaBroker",
     "ServiceError",
 ]

@@ -13,8 +13,10 @@ from apache_beam.utils.timestamp import Timestamp
 
 from transforms import dead_letter as dl
 from transforms.aggregate import WindowedAggregates
-from transforms.dedup import DEFAULT_DEDUP_HORIZON_S, DeduplicateEvents
+from transforms.dedup import DEFAULT_DEDUP_HORIZON_S, UNIQUE, DeduplicateEvents
+from transforms.guard import guarded_map
 from transforms.parse import FORMAT_JSON, METRICS_NAMESPACE, ParseEvents
+from transforms.pseudonymize import PseudonymizeDeadLetters, PseudonymizeEvents
 from transforms.records import Event
 from transforms.validate import DEFAULT_MAX_CLOCK_SKEW_S, ValidateEvents
 from transforms.windowing import SAFETY_MARGIN_S, FilterTooLate, WindowEvents, WindowSpec
@@ -44,6 +46,8 @@ class AnalyticsConfig:
     # "state", "group", "beam" (Beam's DeduplicatePerKey), "off". Only benchmarks force one (docs/benchmarks.md).
     dedup_impl: str = "auto"
     timestamp_source: str = TIMESTAMP_PAYLOAD
+    # A secret reference (env:NAME or a Secret Manager version) to the HMAC key; None = user_id kept as is.
+    pseudonymization_key: str | None = None
 
 
 def _with_event_time(event: Event) -> beam.window.TimestampedValue:
@@ -80,12 +84,23 @@ class StreamingAnalytics(beam.PTransform):
         cfg = self._config
         parsed = records | "ParseEvents" >> ParseEvents(cfg.format, cfg.max_payload_bytes)
         validated = parsed.parsed | "ValidateEvents" >> ValidateEvents(cfg.key_field, cfg.max_clock_skew_s)
+        valid = validated.valid
+        if cfg.pseudonymization_key:
+            # Before dedup and aggregation: sketches, keys and too_late dead letters only ever see pseudonyms.
+            valid = valid | "PseudonymizeUserIds" >> PseudonymizeEvents(
+                cfg.pseudonymization_key, cfg.key_field, cfg.format
+            )
         stamp = _with_event_time if cfg.timestamp_source == TIMESTAMP_PAYLOAD else _with_source_time
-        timed = validated.valid | "AssignEventTime" >> beam.Map(stamp).with_output_types(Event)
-        unique = timed | "DeduplicateEvents" >> DeduplicateEvents(
+        timed = valid | "AssignEventTime" >> guarded_map(
+            stamp, dl.STAGE_EVENT_TIME, Event, main="timed", label="Stamp", step="AssignEventTime"
+        )
+        deduplicated = timed.timed | "DeduplicateEvents" >> DeduplicateEvents(
             cfg.dedup_horizon_s, cfg.dedup_impl, bounded=not cfg.streaming
         )
-        dead = [parsed[dl.DEAD_LETTER_TAG], validated[dl.DEAD_LETTER_TAG]]
+        unique = deduplicated[UNIQUE]
+        dead = [parsed[dl.DEAD_LETTER_TAG], validated[dl.DEAD_LETTER_TAG], timed[dl.DEAD_LETTER_TAG]]
+        if dl.DEAD_LETTER_TAG in deduplicated:  # the benchmark-only implementations have none
+            dead.append(deduplicated[dl.DEAD_LETTER_TAG])
         extra_lateness = 0
         if cfg.streaming:
             filtered = unique | "FilterTooLate" >> FilterTooLate(cfg.window)
@@ -97,7 +112,11 @@ class StreamingAnalytics(beam.PTransform):
             | "WindowEvents" >> WindowEvents(cfg.window, cfg.streaming, extra_lateness)
             | "WindowedAggregates" >> WindowedAggregates(bounded=not cfg.streaming)
         )
-        dead_letters = (
-            dead | "CollectDeadLetters" >> beam.Flatten() | "CountDeadLetters" >> beam.Map(_count_dead_letter)
-        )
+        dead_letters = dead | "CollectDeadLetters" >> beam.Flatten()
+        if cfg.pseudonymization_key:
+            # Dead letters keep the original bytes: their user_id is pseudonymized too (or the payload withheld).
+            dead_letters = dead_letters | "PseudonymizeDeadLetters" >> PseudonymizeDeadLetters(
+                cfg.pseudonymization_key, cfg.format
+            )
+        dead_letters = dead_letters | "CountDeadLetters" >> beam.Map(_count_dead_letter)
         return {AGGREGATES: aggregates, DEAD_LETTERS: dead_letters}

@@ -7,6 +7,7 @@ kept (base64 in JSON) so a record can be replayed once the cause is fixed.
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any, NamedTuple
 
 from transforms.timefmt import format_rfc3339_us, now_us
@@ -16,6 +17,7 @@ PAYLOAD_TOO_LARGE = "payload_too_large"
 INVALID_ENCODING = "invalid_encoding"
 MALFORMED_JSON = "malformed_json"
 MALFORMED_AVRO = "malformed_avro"
+INCOMPATIBLE_SCHEMA = "incompatible_schema"
 NOT_AN_OBJECT = "not_an_object"
 MISSING_FIELD = "missing_field"
 INVALID_TYPE = "invalid_type"
@@ -31,6 +33,7 @@ ERROR_CODES = (
     INVALID_ENCODING,
     MALFORMED_JSON,
     MALFORMED_AVRO,
+    INCOMPATIBLE_SCHEMA,
     NOT_AN_OBJECT,
     MISSING_FIELD,
     INVALID_TYPE,
@@ -41,11 +44,19 @@ ERROR_CODES = (
     WRITE_REJECTED,
 )
 
-# Stages.
+# Stages: the step that produced the dead letter, in pipeline order.
 STAGE_PARSE = "parse"
 STAGE_VALIDATE = "validate"
+STAGE_EVENT_TIME = "event_time"
+STAGE_DEDUP = "dedup"
 STAGE_WINDOW = "window"
 STAGE_WRITE = "write"
+STAGES = (STAGE_PARSE, STAGE_VALIDATE, STAGE_EVENT_TIME, STAGE_DEDUP, STAGE_WINDOW, STAGE_WRITE)
+
+MAX_MESSAGE_CHARS = 1000
+
+# An object's default repr inside an exception message: its memory address would make dead letters differ run to run.
+_OBJECT_REPR = re.compile(r"\s*(?:from\s+)?<[^<>]* at 0x[0-9a-fA-F]+>")
 
 DEAD_LETTER_TAG = "dead_letter"
 
@@ -77,6 +88,16 @@ def dead_letter(
         "stage": stage,
         "failed_at": format_rfc3339_us(now_us() if failed_at_us is None else failed_at_us),
     }
+
+
+def without_addresses(text: str) -> str:
+    """``text`` minus object reprs with memory addresses (``<... at 0x7f..>``), so messages are deterministic."""
+    return _OBJECT_REPR.sub("", text)
+
+
+def exception_text(exc: BaseException, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``Type: message`` of an exception, without memory addresses, at most ``limit`` characters."""
+    return f"{type(exc).__name__}: {without_addresses(str(exc))}"[:limit]
 
 
 def original_payload(row: dict[str, Any]) -> bytes | None:

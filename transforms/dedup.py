@@ -17,11 +17,14 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Duration, Timestamp
 
+from transforms import dead_letter as dl
+from transforms.guard import dead_letter_on_error
 from transforms.parse import METRICS_NAMESPACE
 from transforms.records import Event
 
 DEFAULT_DEDUP_HORIZON_S = 600
 DEDUP_IMPLS = ("auto", "state", "group", "beam", "off")
+UNIQUE = "unique"
 
 
 def is_duplicate(first_seen_us: int | None, event_time_us: int, horizon_us: int) -> bool:
@@ -37,6 +40,7 @@ class _DedupDoFn(beam.DoFn):
         self._horizon_us = horizon_us
         self._duplicates = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "duplicates")
 
+    @dead_letter_on_error(dl.STAGE_DEDUP, "DeduplicateEvents")
     def process(
         self,
         element: tuple[str, Event],
@@ -63,6 +67,7 @@ class _KeepFirstPerHorizonDoFn(beam.DoFn):
         self._horizon_us = horizon_us
         self._duplicates = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "duplicates")
 
+    @dead_letter_on_error(dl.STAGE_DEDUP, "DeduplicateEvents")
     def process(self, element: tuple[str, Iterable[Event]]) -> Iterator[beam.window.TimestampedValue]:
         events = list(element[1])
         if len(events) > 1:
@@ -77,8 +82,23 @@ class _KeepFirstPerHorizonDoFn(beam.DoFn):
             yield beam.window.TimestampedValue(event, Timestamp(micros=event.event_time_us))
 
 
+def _guarded(dofn: beam.DoFn, label: str) -> beam.PTransform:
+    """The DoFn with its ``dead_letter`` output; the ParDo inside gets an explicit label (docs/updating-jobs.md)."""
+    pardo = beam.ParDo(dofn).with_output_types(Event)
+    pardo.label = label
+    return pardo.with_outputs(dl.DEAD_LETTER_TAG, main=UNIQUE)
+
+
+def _outputs(guarded: beam.pvalue.DoOutputsTuple) -> dict[str, beam.PCollection]:
+    return {UNIQUE: guarded[UNIQUE], dl.DEAD_LETTER_TAG: guarded[dl.DEAD_LETTER_TAG]}
+
+
 class DeduplicateEvents(beam.PTransform):
-    """Timestamped Events -> Events with repeats of an ``event_id`` (within the horizon) dropped and counted."""
+    """Timestamped Events -> ``{"unique": Events, "dead_letter": rows}``: repeats of an ``event_id`` (within the
+    horizon) dropped and counted; an event that makes the step throw is a dead letter (stage ``dedup``).
+
+    The ``beam`` and ``off`` implementations (benchmarks only) have no ``dead_letter`` output.
+    """
 
     def __init__(self, horizon_s: float = DEFAULT_DEDUP_HORIZON_S, impl: str = "auto", bounded: bool = False) -> None:
         super().__init__()
@@ -90,25 +110,25 @@ class DeduplicateEvents(beam.PTransform):
 
     def expand(self, events):
         if self._impl == "off":
-            return events
+            return {UNIQUE: events}
         if self._impl == "group":
             # Bounded input: the watermark moves only at the end, so no expiry timer could fire before then. A
             # plain GroupByKey (no per-key state or timer calls) does the same job many times faster.
-            return (
+            return _outputs(
                 events
                 | "KeyByEventId" >> beam.Map(lambda e: (e.event_id, e)).with_output_types(tuple[str, Event])
                 | "GroupById" >> beam.GroupByKey()
-                | "KeepFirst" >> beam.ParDo(_KeepFirstPerHorizonDoFn(self._horizon_us)).with_output_types(Event)
+                | "KeepFirst" >> _guarded(_KeepFirstPerHorizonDoFn(self._horizon_us), "Keep")
             )
         if self._impl == "beam":
-            return (
-                events
+            return {
+                UNIQUE: events
                 | "KeyByEventId" >> beam.Map(lambda e: (e.event_id, e)).with_output_types(tuple[str, Event])
                 | "BeamDeduplicate" >> DeduplicatePerKey(event_time_duration=Duration.of(self._horizon_s))
                 | "Values" >> beam.Values().with_output_types(Event)
-            )
-        return (
+            }
+        return _outputs(
             events
             | "KeyByEventId" >> beam.Map(lambda e: (e.event_id, e)).with_output_types(tuple[str, Event])
-            | "DropRepeats" >> beam.ParDo(_DedupDoFn(self._horizon_us)).with_output_types(Event)
+            | "DropRepeats" >> _guarded(_DedupDoFn(self._horizon_us), "Drop")
         )

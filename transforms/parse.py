@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,6 +18,8 @@ import orjson
 
 import schemas
 from transforms import dead_letter as dl
+from transforms.avro_compat import incompatibility, parsed_schema
+from transforms.avro_scan import canonical_or_violation, first_violation
 from transforms.dead_letter import Rejection
 from transforms.records import SourceRecord
 
@@ -122,9 +123,6 @@ def _json_type(value: Any) -> str:
     return "an object"
 
 
-# An object's default repr inside an exception message: its memory address would make dead letters differ run to run.
-_OBJECT_REPR = re.compile(r"\s*(?:from\s+)?<[^<>]* at 0x[0-9a-fA-F]+>")
-
 # Optional Avro fields whose null means "absent" in the contract (JSON null is a type error for these).
 _AVRO_NULL_IS_ABSENT = ("value", "properties")
 
@@ -140,7 +138,7 @@ def avro_nulls_as_absent(obj: dict[str, Any]) -> dict[str, Any]:
 def avro_decoder(writer_schema: dict[str, Any] | None = None) -> Decoder:
     """A decoder for schemaless Avro binary written with ``writer_schema`` (default: ``schemas/event.avsc``)."""
     reader_schema = schemas.event_avro_schema()
-    writer = writer_schema or reader_schema
+    writer = reader_schema if writer_schema is None else parsed_schema(writer_schema)
     resolve = None if writer is reader_schema else reader_schema
 
     def decode_avro(payload: bytes) -> Decoded | Rejection:
@@ -150,14 +148,24 @@ def avro_decoder(writer_schema: dict[str, Any] | None = None) -> Decoder:
         except UnicodeDecodeError as exc:
             return Rejection(dl.INVALID_ENCODING, None, f"Avro string is not valid UTF-8: {exc.reason}")
         except Exception as exc:  # noqa: BLE001 - fastavro raises many types (EOFError, IndexError...) on garbage
-            reason = _OBJECT_REPR.sub("", str(exc))  # fastavro names the stream ("<_io.BytesIO object at 0x..>")
-            return Rejection(dl.MALFORMED_AVRO, None, f"malformed Avro: {type(exc).__name__}: {reason}"[:500])
+            # The strict walk names the field and the fault; fastavro's own text is the fallback. It names the
+            # stream ("<_io.BytesIO object at 0x..>"): exception_text drops the address.
+            return first_violation(payload, writer) or Rejection(
+                dl.MALFORMED_AVRO, None, f"malformed Avro: {dl.exception_text(exc)}"[:500]
+            )
         if buffer.tell() != len(payload):
             return Rejection(
                 dl.MALFORMED_AVRO,
                 None,
                 f"malformed Avro: {len(payload) - buffer.tell()} trailing bytes after the record",
             )
+        # fastavro accepts what the specification does not (a negative union index reads the last branch).
+        if resolve is None:
+            violation = canonical_or_violation(payload, writer, obj)
+        else:
+            violation = first_violation(payload, writer)
+        if violation is not None:
+            return violation
         return avro_nulls_as_absent(obj)
 
     return decode_avro
@@ -176,10 +184,15 @@ _CONFLUENT_HEADER = 5
 
 
 def confluent_avro_decoder(registry: dict[int, dict[str, Any]] | None = None) -> Decoder:
-    """A decoder for Confluent-framed Avro; writer schemas by id (default: ``schemas/registry.json``)."""
+    """A decoder for Confluent-framed Avro; writer schemas by id (default: ``schemas/registry.json``).
+
+    Each id's writer schema is checked against the contract's schema once, on its first record: a compatible one
+    (an added optional field, say) is decoded with writer -> reader resolution; an incompatible one makes every
+    record with that id an ``incompatible_schema`` dead letter, without decoding its body.
+    """
     writers = schemas.confluent_schemas() if registry is None else registry
-    decoders = {schema_id: avro_decoder(schema) for schema_id, schema in writers.items()}
-    known = ", ".join(str(i) for i in sorted(decoders)) or "none"
+    known = ", ".join(str(i) for i in sorted(writers)) or "none"
+    decoders: dict[int, Decoder] = {}
 
     def decode_confluent_avro(payload: bytes) -> Decoded | Rejection:
         if len(payload) < _CONFLUENT_HEADER or payload[0] != CONFLUENT_MAGIC:
@@ -193,10 +206,29 @@ def confluent_avro_decoder(registry: dict[int, dict[str, Any]] | None = None) ->
         schema_id = int.from_bytes(payload[1:_CONFLUENT_HEADER], "big")
         decode = decoders.get(schema_id)
         if decode is None:
-            return Rejection(dl.MALFORMED_AVRO, None, f"unknown Confluent schema id {schema_id} (known ids: {known})")
+            if schema_id not in writers:
+                return Rejection(
+                    dl.MALFORMED_AVRO, None, f"unknown Confluent schema id {schema_id} (known ids: {known})"
+                )
+            decode = decoders[schema_id] = writer_decoder(writers[schema_id], f"Confluent schema id {schema_id}")
         return decode(payload[_CONFLUENT_HEADER:])
 
     return decode_confluent_avro
+
+
+def writer_decoder(writer_schema: dict[str, Any], name: str) -> Decoder:
+    """The decoder for records written with ``writer_schema`` (called ``name`` in messages), checked once.
+
+    Compatible with the contract's schema: ``avro_decoder`` (resolution). Incompatible: a decoder that rejects
+    every record as ``incompatible_schema`` with the reason.
+    """
+    problem = incompatibility(writer_schema, schemas.event_avro_schema())
+    if problem is None:
+        return avro_decoder(writer_schema)
+    rejection = Rejection(
+        dl.INCOMPATIBLE_SCHEMA, None, f"{name} cannot be read as the event contract's schema: {problem}"[:500]
+    )
+    return lambda _payload: rejection
 
 
 def decoder_for(fmt: str) -> Decoder:

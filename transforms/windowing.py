@@ -23,6 +23,7 @@ from apache_beam.transforms import window as beam_window
 from apache_beam.utils.timestamp import Timestamp
 
 from transforms import dead_letter as dl
+from transforms.guard import dead_letter_on_error
 from transforms.parse import METRICS_NAMESPACE
 from transforms.records import Event
 
@@ -84,6 +85,7 @@ class _FilterTooLateDoFn(beam.DoFn):
     def setup(self) -> None:
         self._window_fn = self._spec.window_fn()
 
+    @dead_letter_on_error(dl.STAGE_WINDOW, "FilterTooLate")
     def process(self, event: Event) -> Iterator[object]:
         deadline = latest_deadline_us(self._window_fn, event.event_time_us, self._lateness_us)
         if event.arrival_us <= deadline:

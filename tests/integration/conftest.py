@@ -64,3 +64,12 @@ def flink_cluster() -> Iterator[FlinkCluster]:
         before = {job["id"] for job in cluster.jobs()}
         yield cluster
         cluster.cancel_running_jobs(keep=before)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    from tests.integration.fault_report import REPORTS
+
+    if REPORTS:
+        terminalreporter.section("fault reports")
+        for line in REPORTS:
+            terminalreporter.write_line(line)

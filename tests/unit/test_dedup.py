@@ -13,7 +13,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.runners import fix_streaming_direct_runner_metrics
 from pipelines.summary import counters
-from transforms.dedup import DeduplicateEvents, is_duplicate
+from transforms.dedup import UNIQUE, DeduplicateEvents, is_duplicate
 from transforms.parse import METRICS_NAMESPACE
 from transforms.records import Event, EventCoder
 
@@ -74,11 +74,8 @@ KEPT = [("a", 0.0, "first"), ("b", 0.0, "b"), ("c", 10.0, "c"), ("d", 100.0, "d1
 def _run_batch(events, impl: str):
     p = beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions([]))
     kept = (
-        p
-        | beam.Create([stamped(e) for e in events])
-        | DeduplicateEvents(horizon_s=HORIZON_S, impl=impl, bounded=True)
-        | beam.Map(summary)
-    )
+        p | beam.Create([stamped(e) for e in events]) | DeduplicateEvents(horizon_s=HORIZON_S, impl=impl, bounded=True)
+    )[UNIQUE] | beam.Map(summary)
     return p, kept
 
 
@@ -129,7 +126,7 @@ def _run_stream(stream: test_stream.TestStream, impl: str = "auto"):
     options = PipelineOptions([])
     options.view_as(StandardOptions).streaming = True
     p = beam.Pipeline(runner=BundleBasedDirectRunner(), options=options)
-    kept = p | stream | DeduplicateEvents(horizon_s=HORIZON_S, impl=impl, bounded=False) | beam.Map(summary)
+    kept = (p | stream | DeduplicateEvents(horizon_s=HORIZON_S, impl=impl, bounded=False))[UNIQUE] | beam.Map(summary)
     return p, kept
 
 

@@ -264,11 +264,12 @@ def test_dead_letter_row_defaults_failed_at_to_now() -> None:
 
 
 def test_error_codes_are_the_contract_codes_in_order() -> None:
-    assert dl.ERROR_CODES[:9] == (
+    assert dl.ERROR_CODES[:10] == (
         "payload_too_large",
         "invalid_encoding",
         "malformed_json",
         "malformed_avro",
+        "incompatible_schema",
         "not_an_object",
         "missing_field",
         "invalid_type",

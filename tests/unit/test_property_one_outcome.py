@@ -42,11 +42,16 @@ PARSE_CODES = {
     dl.INVALID_ENCODING,
     dl.MALFORMED_JSON,
     dl.MALFORMED_AVRO,
+    dl.INCOMPATIBLE_SCHEMA,
     dl.NOT_AN_OBJECT,
 }
 FIELD_CODES = {dl.MISSING_FIELD, dl.INVALID_TYPE, dl.INVALID_VALUE, dl.TIMESTAMP_OUT_OF_RANGE}
 FIELDS = ("event_id", "event_type", "user_id", "event_time", "page", "value", "properties")
-NOT_FOR = {"json": {dl.MALFORMED_AVRO}, "avro": {dl.MALFORMED_JSON, dl.NOT_AN_OBJECT}}
+NOT_FOR = {
+    "json": {dl.MALFORMED_AVRO, dl.INCOMPATIBLE_SCHEMA},
+    "avro": {dl.MALFORMED_JSON, dl.NOT_AN_OBJECT, dl.INCOMPATIBLE_SCHEMA},
+    "confluent-avro": {dl.MALFORMED_JSON, dl.NOT_AN_OBJECT},
+}
 
 PROPERTY = settings(
     deadline=None,
@@ -461,6 +466,34 @@ def test_byte_mutations_of_avro_have_one_outcome(obj: dict[str, Any], data: st.D
         assert (result.code, result.field) == (dl.MALFORMED_AVRO, None)  # every field must be read: a cut record fails
     if kind == "append":
         assert type(result) is Rejection and result.field is None  # trailing bytes
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Properties: Confluent wire format, both shipped schema ids (2 = a newer writer with an added optional field).
+# ---------------------------------------------------------------------------------------------------------------
+
+AVRO_V2 = schemas.confluent_schemas()[2]
+
+
+@settings(PROPERTY, max_examples=1500)
+@given(st.binary(max_size=400), st.sampled_from([b"", b"\x00\x00\x00\x00\x01", b"\x00\x00\x00\x00\x02"]))
+def test_any_bytes_as_confluent_avro_has_one_outcome(payload: bytes, header: bytes) -> None:
+    check_one_outcome(header + payload, "confluent-avro")
+
+
+@settings(PROPERTY, max_examples=800)
+@given(st.fixed_dictionaries(AVRO_FIELDS), st.sampled_from([1, 2]), st.none() | st.text(max_size=12))
+def test_confluent_records_of_either_schema_id_follow_the_contract(
+    obj: dict[str, Any], schema_id: int, session_id: str | None
+) -> None:
+    if schema_id == 1:
+        body = to_avro(obj)
+    else:
+        out = io.BytesIO()
+        fastavro.schemaless_writer(out, AVRO_V2, {**obj, "session_id": session_id})
+        body = out.getvalue()
+    result = check_one_outcome(b"\x00" + schema_id.to_bytes(4, "big") + body, "confluent-avro")
+    check_against_reference(result, without_avro_nulls(obj))
 
 
 # ---------------------------------------------------------------------------------------------------------------

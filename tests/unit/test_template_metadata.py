@@ -14,6 +14,13 @@ from pipelines.options import ConfigError, analytics_config
 ACTIONS = {a.dest: a for a in tm.option_actions()}
 
 
+@pytest.fixture(autouse=True)
+def _example_secrets(monkeypatch):
+    """The variables the documented secret references (env:NAME) name, so the real validation can resolve them."""
+    for name, value in tm.EXAMPLE_SECRET_ENV.items():
+        monkeypatch.setenv(name, value)
+
+
 def _accepted(name: str, value: str) -> bool:
     """Does the pipeline's own validation take ``--name=value`` (with the other options it needs)?"""
     argv = [*tm.PARAMS[name].context_for(value), f"--{name}={value}"]

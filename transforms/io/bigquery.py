@@ -36,6 +36,7 @@ from google.cloud import bigquery
 
 from schemas import AGGREGATES_TABLE, DEAD_LETTER_TABLE, bigquery_schema
 from transforms import dead_letter as dl
+from transforms.io.gcp import PROJECT_ID
 from transforms.parse import METRICS_NAMESPACE
 
 SCHEME = "bigquery"
@@ -65,7 +66,7 @@ _LOG = logging.getLogger(__name__)
 # Naming rules: cloud.google.com/resource-manager/docs/creating-managing-projects (project ids, optionally
 # domain-scoped "example.com:my-project"), cloud.google.com/bigquery/docs/datasets#dataset-naming and
 # cloud.google.com/bigquery/docs/tables#table_naming.
-_PROJECT = re.compile(r"(?:[a-z][-a-z0-9]*(?:\.[-a-z0-9]+)+:)?[a-z][-a-z0-9]{4,28}[a-z0-9]")
+_PROJECT = re.compile(PROJECT_ID)
 _DATASET = re.compile(r"[A-Za-z0-9_]{1,1024}")
 # Unicode categories a table name may use: letters, marks, numbers, connectors (_), dashes, spaces.
 _TABLE_CATEGORY_GROUPS = ("L", "M", "N")

@@ -16,8 +16,9 @@ import orjson
 from apache_beam import coders
 from apache_beam.io import fileio
 
+import schemas
 from transforms import dead_letter as dl
-from transforms.parse import avro_nulls_as_absent
+from transforms.parse import avro_nulls_as_absent, writer_decoder
 from transforms.records import SourceRecord
 
 
@@ -44,6 +45,10 @@ class ReadJsonLines(beam.PTransform):
 def read_avro_container(path: str, data: bytes) -> Iterator[SourceRecord]:
     """Records of one Avro container file; ``payload`` is each record's schemaless encoding (for the dead letter).
 
+    The file's header carries its writer schema. The contract's own schema: records as read. Another one is
+    checked against the contract's schema once per file: compatible (a newer producer's added optional field,
+    an older one's missing optional field) -> each record resolved to the contract's schema, as the Confluent
+    decoder does; incompatible -> each record carries the ``incompatible_schema`` rejection.
     A file that cannot be read, or a corrupt block, yields one record carrying the ``malformed_avro`` rejection,
     so the problem reaches the dead letter instead of failing the run.
     """
@@ -51,11 +56,15 @@ def read_avro_container(path: str, data: bytes) -> Iterator[SourceRecord]:
     index = -1
     try:
         reader = fastavro.reader(stream)
-        writer_schema = reader.writer_schema
+        writer_schema = fastavro.parse_schema(reader.writer_schema)
+        contract = schemas.event_avro_schema()
+        resolve = None if writer_schema == contract else writer_decoder(writer_schema, "the file's writer schema")
         for index, obj in enumerate(reader):  # noqa: B007 - index is reported on failure
             body = io.BytesIO()
             fastavro.schemaless_writer(body, writer_schema, obj)
-            yield SourceRecord(body.getvalue(), path, {"record": index}, avro_nulls_as_absent(obj))
+            payload = body.getvalue()
+            decoded = avro_nulls_as_absent(obj) if resolve is None else resolve(payload)
+            yield SourceRecord(payload, path, {"record": index}, decoded)
     except Exception as exc:  # noqa: BLE001 - fastavro raises many types on a corrupt file; all become dead letters
         offset = stream.tell()
         reason = dl.Rejection(dl.MALFORMED_AVRO, None, f"unreadable Avro container after record {index}: {exc}"[:500])

@@ -67,11 +67,13 @@ class KafkaTopic(NamedTuple):
 
 
 class KafkaSettings(NamedTuple):
-    """How to read (consumer group, where a new group starts) and who expands the Java transforms."""
+    """How to read (consumer group, where a new group starts), who expands the Java transforms, and the client
+    properties both consumer and producer get on top (TLS/SASL: ``transforms/io/kafka_security.py``)."""
 
     consumer_group: str = DEFAULT_CONSUMER_GROUP
     start_offset: str = DEFAULT_START_OFFSET
     expansion_service: Any = None
+    client_properties: tuple[tuple[str, str], ...] = ()
 
 
 def parse_kafka_uri(uri: str) -> KafkaTopic:
@@ -94,6 +96,17 @@ def parse_kafka_uri(uri: str) -> KafkaTopic:
             "'-'; not '.' or '..')"
         )
     return KafkaTopic(tuple(servers), topic)
+
+
+_CONSUMER_GROUP = re.compile(r"[a-zA-Z0-9._-]{1,255}")
+
+
+def check_consumer_group(value: str | None) -> str:
+    """A consumer group id: 1-255 letters, digits, '.', '_', '-' (stricter than Kafka, which takes any string, so
+    that group names are safe in ACLs, metrics, logs and shell commands)."""
+    if not value or not _CONSUMER_GROUP.fullmatch(value):
+        raise ValueError(f"must be 1-255 characters of letters, digits, '.', '_' and '-', got {value!r}")
+    return value
 
 
 def check_start_offset(value: str) -> str:
@@ -144,6 +157,7 @@ class ReadKafkaRecords(beam.PTransform):
         ref, settings = self._ref, self._settings
         config = {
             "consumer_config": {
+                **dict(settings.client_properties),
                 "bootstrap.servers": ref.bootstrap_servers,
                 "group.id": settings.consumer_group,
                 "auto.offset.reset": settings.start_offset,
@@ -186,7 +200,10 @@ class WriteKafkaRows(beam.PTransform):
             | "ToKV" >> beam.Map(to_kv).with_output_types(tuple[bytes, bytes])
             | "Produce"
             >> WriteToKafka(
-                producer_config={"bootstrap.servers": self._ref.bootstrap_servers},
+                producer_config={
+                    **dict(self._settings.client_properties),
+                    "bootstrap.servers": self._ref.bootstrap_servers,
+                },
                 topic=self._ref.topic,
                 expansion_service=self._settings.expansion_service,
             )

@@ -16,13 +16,14 @@ import apache_beam as beam
 import orjson
 from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub, WriteToPubSub
 
+from transforms.io.gcp import PROJECT_ID
 from transforms.records import SourceRecord
 from transforms.timefmt import format_rfc3339_us
 
 SCHEME = "pubsub"
 
 # Google's naming rules (cloud.google.com/pubsub/docs/create-topic#resource_names, project ids).
-_PROJECT = r"[a-z][-a-z0-9]{4,28}[a-z0-9]|[a-z][-a-z0-9.:]{4,61}[a-z0-9]"
+_PROJECT = PROJECT_ID
 _NAME = r"[A-Za-z][-A-Za-z0-9._~%+]{2,254}"
 _PATH = re.compile(rf"projects/(?P<project>{_PROJECT})/(?P<kind>topics|subscriptions)/(?P<name>{_NAME})")
 
