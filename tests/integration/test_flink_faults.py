@@ -28,6 +28,7 @@ from pipelines.streaming_analytics import run
 from pipelines.summary import read_rows
 from services import KafkaBroker
 from services.kafka import create_topics
+from tests.integration.fault_report import FaultReport
 from tests.integration.results import final_counts
 from transforms.io.synthetic import generate_block, parse_synthetic_uri
 from transforms.timefmt import now_us
@@ -164,19 +165,20 @@ def test_kafka_broker_restart_on_flink_loses_nothing(private_kafka, flink_cluste
     finally:
         result.cancel()
 
-    aggregated = sum(count for count, _, _ in finals.values())
-    duplicates = reference.counters["duplicates"]
-    lost = producer.delivered - aggregated - len(once) - duplicates
-    print(
-        f"\nfault report (Flink, checkpointing 1 s): load held {RATE} records/s for {LOAD_S} s "
-        f"({producer.produced_while_down} produced while the broker was down); fault injected: broker killed "
-        f"(SIGKILL) at +{fault_at:.1f} s, serving again {back_after:.1f} s later; job restarts {restarts}; "
-        f"records in {producer.delivered}; records out {aggregated} aggregated + {len(once)} dead-lettered "
-        f"+ {duplicates} duplicates dropped; lost = {lost} (job checkpointing {job_up_s:.0f} s after submission, "
-        f"results complete {settled_s:.0f} s after the load ended)"
+    report = FaultReport(
+        test="Flink session cluster, Kafka broker killed and restarted",
+        load=f"{RATE} records/s for {LOAD_S} s, {producer.produced_while_down} produced while the broker was down",
+        fault=f"broker SIGKILLed at +{fault_at:.1f} s, serving again {back_after:.1f} s later, job restarts {restarts}",
+        records_in=producer.delivered,
+        records_out=sum(count for count, _, _ in finals.values()),
+        dead_lettered=len(once),
+        duplicates=reference.counters["duplicates"],
+        detail=f"checkpointing every 1 s; job checkpointing {job_up_s:.0f} s after submission, "
+        f"results complete {settled_s:.0f} s after the load ended",
     )
+    report.emit()
     assert producer.delivered == len(payloads) == RATE * LOAD_S
     assert producer.produced_while_down > 0  # the load really went on through the outage
     assert finals == expected
     assert Counter(row["error_code"] for row in once.values()) == expected_dead
-    assert lost == 0
+    assert report.lost == 0
