@@ -161,6 +161,7 @@ def run_benchmark(
     parallelism: int = 1,
     early_firing: int = 1,
     checkpointing_interval: int | None = None,
+    max_bundle_time_mills: int | None = None,
     bootstrap: str | None = None,
     flink_master: str | None = None,
 ) -> dict[str, Any]:
@@ -197,6 +198,8 @@ def run_benchmark(
         ]
         if checkpointing_interval:
             argv.append(f"--checkpointing_interval={checkpointing_interval}")
+        if max_bundle_time_mills:
+            argv.append(f"--max_bundle_time_mills={max_bundle_time_mills}")
         options = PipelineOptions(argv)
         pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
         build_pipeline(pipeline, options)
@@ -239,6 +242,7 @@ def run_benchmark(
         "runner": "FlinkRunner (Beam Java 2.56 job server, Flink 1.16 session cluster)",
         "parallelism": parallelism,
         "checkpointing_interval_ms": checkpointing_interval,
+        "max_bundle_time_ms": max_bundle_time_mills or "Beam's default (1000)",
         "job_startup_s": round(startup_s, 1),
         "catch_up_events": backlog,
         "catch_up_events_per_s": round(backlog / max((done_us - first_row_us) / _US, 1e-9)),
@@ -263,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallelism", type=int, default=1)
     parser.add_argument("--early_firing", type=int, default=1, help="seconds between early panes")
     parser.add_argument("--checkpointing_interval", type=int, default=None, help="ms; default: no checkpoints")
+    parser.add_argument("--max_bundle_time_mills", type=int, default=None, help="ms; default: Beam's (1000)")
     parser.add_argument("--bootstrap", default=None, help="a running broker (default: start a private one)")
     parser.add_argument("--flink_master", default=None, help="a running cluster's REST address (default: start one)")
     args = parser.parse_args(argv)

@@ -34,6 +34,8 @@ BAD = [
     ([*FLINK, "--state_backend_storage_path=file:///ck"], "--state_backend_storage_path", "needs --state_backend"),
     ([*FLINK, "--state_backend=rocksdb", "--state_backend_storage_path=ck"], "--state_backend_storage_path", "URI"),
     ([*FLINK, "--savepoint_path= "], "--savepoint_path", "empty"),
+    ([*FLINK, "--max_bundle_size=0"], "--max_bundle_size", "at least 1"),
+    ([*FLINK, "--max_bundle_time_mills=0.5"], "--max_bundle_time_mills", "whole number"),
     (
         ["--runner=FlinkRunner", "--source=synthetic://?events=10", INTERVAL],  # bounded: a batch job
         "--checkpointing_interval",
@@ -65,6 +67,8 @@ def test_valid_flink_options_are_typed_for_the_job_server(monkeypatch):
         "--state_backend=rocksdb",
         "--state_backend_storage_path=file:///data/checkpoints",
         "--savepoint_path=file:///data/savepoints/sp-1",
+        "--max_bundle_size=100",
+        "--max_bundle_time_mills=50",
     ]
     expected = {
         "checkpointing_interval": 2000,
@@ -76,6 +80,8 @@ def test_valid_flink_options_are_typed_for_the_job_server(monkeypatch):
         "state_backend": "rocksdb",
         "state_backend_storage_path": "file:///data/checkpoints",
         "savepoint_path": "file:///data/savepoints/sp-1",
+        "max_bundle_size": 100,
+        "max_bundle_time_mills": 50,
     }
     options = PipelineOptions(argv)
     analytics_config(options)  # accepted
