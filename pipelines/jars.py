@@ -59,9 +59,10 @@ EXPANSION_MAIN = "org.apache.beam.sdk.expansion.service.ExpansionService"
 FLINK_JOB_SERVER_MAIN = "org.apache.beam.runners.flink.FlinkJobServerDriver"
 EXPANSION_JAR = "expansion-service.jar"
 FLINK_JOB_SERVER_JAR = "flink-job-server.jar"
-# Flink 1.16 reflects into JDK internals (Kryo, closure cleaning); Java 17 allows it only for opened packages. A
-# manifest's Add-Opens applies to `java -jar`, so the job server needs no JVM flags.
-_JDK_OPENS = tuple(
+# Flink 1.16 predates Java 17 support: its RPC, Kryo serializers and closure cleaner reach into JDK internals, which
+# Java 17 allows only for opened/exported packages (the list Flink 1.18 ships for Java 17). A manifest's Add-Opens and
+# Add-Exports apply to `java -jar`, so the job server needs no JVM flags; services/flink.py gives the cluster the same.
+JAVA_17_OPENS = tuple(
     f"java.base/{package}"
     for package in (
         "java.lang",
@@ -78,7 +79,7 @@ _JDK_OPENS = tuple(
         "java.util.concurrent.locks",
     )
 )
-_JDK_EXPORTS = ("java.base/sun.net.util",)
+JAVA_17_EXPORTS = ("java.base/sun.net.util", "java.rmi/sun.rmi.registry", "java.security.jgss/sun.security.krb5")
 
 
 def _dependency(coordinates: str, exclude: str | None = None) -> str:
@@ -174,8 +175,8 @@ class JavaSet:
                 <transformer implementation="org.apache.maven.plugins.shade.resource.ManifestResourceTransformer">
                   <mainClass>{main}</mainClass>
                   <manifestEntries>
-                    <Add-Opens>{" ".join(_JDK_OPENS)}</Add-Opens>
-                    <Add-Exports>{" ".join(_JDK_EXPORTS)}</Add-Exports>
+                    <Add-Opens>{" ".join(JAVA_17_OPENS)}</Add-Opens>
+                    <Add-Exports>{" ".join(JAVA_17_EXPORTS)}</Add-Exports>
                   </manifestEntries>
                 </transformer>
               </transformers>
@@ -267,7 +268,8 @@ def java_set(name: str) -> JavaSet:
 
 
 def _fingerprint(java: JavaSet) -> str:
-    text = java.pom() + java.boot_script() + json.dumps(dict(java.launchers)) + " ".join(_JDK_OPENS + _JDK_EXPORTS)
+    jdk = " ".join(JAVA_17_OPENS + JAVA_17_EXPORTS)
+    text = java.pom() + java.boot_script() + json.dumps(dict(java.launchers)) + jdk
     return hashlib.sha256((text + str(REPO_ROOT)).encode()).hexdigest()
 
 
@@ -289,8 +291,8 @@ def _write_launchers(java: JavaSet, lib: Path) -> None:
         manifest = (
             "Manifest-Version: 1.0\n"
             f"Main-Class: {main}\n"
-            f"Add-Opens: {' '.join(_JDK_OPENS)}\n"
-            f"Add-Exports: {' '.join(_JDK_EXPORTS)}\n"
+            f"Add-Opens: {' '.join(JAVA_17_OPENS)}\n"
+            f"Add-Exports: {' '.join(JAVA_17_EXPORTS)}\n"
             # One entry per continuation line keeps every line under the manifest's 72-byte limit.
             "Class-Path: " + "\n  ".join(jars) + "\n"
         )

@@ -180,13 +180,7 @@ class LocalService(abc.ABC):
             self.work_dir.mkdir(parents=True, exist_ok=True)
             self.prepare()
             self._command = self.command()
-            self._proc = spawn(
-                self._command,
-                log_path=self.log_path,
-                env=self.environment(),
-                cwd=self.work_dir,
-                die_with_parent=self._die_with_parent,
-            )
+            self._spawn()
         except OSError as exc:
             error = failure(self.name, f"could not start: {exc}", self._command, self._log_or_none())
             self.stop()
@@ -195,15 +189,21 @@ class LocalService(abc.ABC):
             # The error (e.g. a failed storage format) already quotes the log; drop the temp dir.
             self.stop()
             raise
-        self._record_process()
         self.owned = True
         if self._die_with_parent:
             # Belt and braces next to PDEATHSIG: a normal interpreter exit stops it cleanly too.
             atexit.register(self.stop)
         return self
 
-    def _record_process(self) -> None:
-        assert self._proc is not None
+    def _spawn(self) -> None:
+        """Runs ``self._command`` in the work dir and records the process (pid, start time, owner file)."""
+        self._proc = spawn(
+            self._command,
+            log_path=self.log_path,
+            env=self.environment(),
+            cwd=self.work_dir,
+            die_with_parent=self._die_with_parent,
+        )
         self._pid = self._proc.pid
         self._started_at = create_time(self._pid)
         owner = {"pid": self._pid, "started_at": self._started_at}
@@ -223,14 +223,7 @@ class LocalService(abc.ABC):
         stop_group(self._pid, self._started_at, grace=self.stop_grace)
         time.sleep(down_for)
         self._launched = time.monotonic()
-        self._proc = spawn(
-            self._command,
-            log_path=self.log_path,
-            env=self.environment(),
-            cwd=self.work_dir,
-            die_with_parent=self._die_with_parent,
-        )
-        self._record_process()
+        self._spawn()
         return self.wait_healthy()
 
     def wait_healthy(self, timeout: float | None = None) -> Self:

@@ -238,6 +238,10 @@ def bigquery_env() -> dict[str, str]:
     return dict(os.environ, HOME=str(BQ_HOME))
 
 
+def _pip_env() -> dict[str, str]:
+    return dict(os.environ, PIP_CACHE_DIR=str(PIP_CACHE), PIP_DISABLE_PIP_VERSION_CHECK="1")
+
+
 def ensure_bigquery_venv() -> Path:
     """The local-bigquery venv (.cache/bq-venv) plus its DuckDB extensions; returns its bin dir."""
     stamp = BQ_VENV / ".stamp"
@@ -253,7 +257,7 @@ def ensure_bigquery_venv() -> Path:
         # A venv cannot be moved after creation, so it is rebuilt in place; no stamp until the end.
         shutil.rmtree(BQ_VENV, ignore_errors=True)
         run_step("bigquery", [python, "-m", "venv", str(BQ_VENV)], log_path=log, timeout=300)
-        env = dict(os.environ, PIP_CACHE_DIR=str(PIP_CACHE), PIP_DISABLE_PIP_VERSION_CHECK="1")
+        env = _pip_env()
         run_step(
             "bigquery",
             [str(bin_dir / "python"), "-m", "pip", "install", "-q", "-r", str(BQ_REQUIREMENTS)],
@@ -291,7 +295,7 @@ def ensure_flink_distribution() -> Path:
         log = INSTALL_LOG_DIR / "flink-pip.log"
         staging = FLINK_HOME.with_name(f"{FLINK_DIST_VERSION}.partial")
         shutil.rmtree(staging, ignore_errors=True)
-        env = dict(os.environ, PIP_CACHE_DIR=str(PIP_CACHE), PIP_DISABLE_PIP_VERSION_CHECK="1")
+        env = _pip_env()
         pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--target"]
         run_step(
             "flink",

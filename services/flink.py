@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pipelines.jars import JAVA_17_EXPORTS, JAVA_17_OPENS
 from services import cache
 from services._process import LOCALHOST, port_open
 from services._service import LocalService
@@ -22,36 +23,12 @@ from services._service import LocalService
 if TYPE_CHECKING:
     from pathlib import Path
 
-# Flink 1.16 predates Java 17 support: its RPC, Kryo serializers and closure cleaner reach into JDK internals (the
-# list Flink 1.18 ships for Java 17).
+# The JVM flags for Flink 1.16 on Java 17 (pipelines/jars.py keeps the one list).
 _JAVA_17_OPTS = " ".join(
     [
         "-XX:+IgnoreUnrecognizedVMOptions",
-        *(
-            f"--add-exports={export}=ALL-UNNAMED"
-            for export in (
-                "java.base/sun.net.util",
-                "java.rmi/sun.rmi.registry",
-                "java.security.jgss/sun.security.krb5",
-            )
-        ),
-        *(
-            f"--add-opens=java.base/{package}=ALL-UNNAMED"
-            for package in (
-                "java.lang",
-                "java.lang.reflect",
-                "java.io",
-                "java.net",
-                "java.nio",
-                "sun.nio.ch",
-                "java.text",
-                "java.time",
-                "java.util",
-                "java.util.concurrent",
-                "java.util.concurrent.atomic",
-                "java.util.concurrent.locks",
-            )
-        ),
+        *(f"--add-exports={export}=ALL-UNNAMED" for export in JAVA_17_EXPORTS),
+        *(f"--add-opens={package}=ALL-UNNAMED" for package in JAVA_17_OPENS),
     ]
 )
 
