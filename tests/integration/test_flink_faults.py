@@ -4,13 +4,15 @@ every record must be accounted for: records in = aggregated + dead-lettered + du
 
 Load: the synthetic generator's records (valid, bad, redelivered, late within the allowed lateness) produced in real
 time at RATE records/s for LOAD_S seconds to a private broker; the producer keeps going through the outage (it buffers
-and retries). The undisturbed run is the same records, as a file, through the batch pipeline on the direct runner
-(batch = streaming is what tests/streaming proves), so any difference is the fault's. The sinks are at-least-once: a
-job restarted from a checkpoint may write a dead letter twice, so dead letters count once per source offset.
+and retries). Dead letters go to a topic on the same broker, so the Kafka sink (KafkaIO's writer) rides the outage
+too. The undisturbed run is the same records, as a file, through the batch pipeline on the direct runner (batch =
+streaming is what tests/streaming proves), so any difference is the fault's. The sinks are at-least-once: a job
+restarted from a checkpoint may write a dead letter twice, so dead letters count once per source offset.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -20,7 +22,7 @@ from collections import Counter
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 
 from pipelines.graph import build_pipeline
 from pipelines.runners import local_runner
@@ -93,16 +95,44 @@ class LoadProducer(threading.Thread):
         self.unflushed = self._producer.flush(120)
 
 
+class DeadLetterReader:
+    """Reads the dead-letter topic from its start; keeps one row per source offset (a restored job may write again)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"check-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+        self._consumer.subscribe([topic])
+        self._rows: dict[tuple[int, int], dict] = {}
+
+    def once_per_source_offset(self) -> dict[tuple[int, int], dict]:
+        for message in self._consumer.consume(num_messages=1000, timeout=1.0):
+            if message.error() is None:
+                row = json.loads(message.value())
+                self._rows[(row["source_metadata"]["partition"], row["source_metadata"]["offset"])] = row
+        return self._rows
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
 def test_kafka_broker_restart_on_flink_loses_nothing(private_kafka, flink_cluster, tmp_path):
     bootstrap = private_kafka.bootstrap_servers
-    topic = create_topics(bootstrap, "load")["load"]
+    topics = create_topics(bootstrap, "load", "dlq")
+    topic = topics["load"]
     spec = parse_synthetic_uri(SPEC)
     out = tmp_path / "flink"
     options = PipelineOptions(
         [
             f"--source=kafka://{bootstrap}/{topic}",
             f"--sink={out / 'agg'}",
-            f"--dead_letter_sink={out / 'dlq'}",
+            # Dead letters to a topic on the same broker: the sink goes through the outage too.
+            f"--dead_letter_sink=kafka://{bootstrap}/{topics['dlq']}",
             f"--kafka_consumer_group=fault-{uuid.uuid4().hex[:8]}",
             "--kafka_start_offset=earliest",
             *WINDOWS,
@@ -119,6 +149,7 @@ def test_kafka_broker_restart_on_flink_loses_nothing(private_kafka, flink_cluste
     # Event times from now on: the load starts once the job is up, so they are a little late on arrival (well within
     # the allowed lateness), which the streaming job aggregates like the batch run does.
     payloads = [payload for _, _, payload in generate_block(spec, 0, RATE * LOAD_S, anchor_us=now_us())]
+    dead_letters = DeadLetterReader(bootstrap, topics["dlq"])
     submitted = time.monotonic()
     result = pipeline.run()
     try:
@@ -153,17 +184,14 @@ def test_kafka_broker_restart_on_flink_loses_nothing(private_kafka, flink_cluste
         deadline = time.monotonic() + SETTLE_S
         while True:
             finals = final_counts(read_rows(str(out / "agg"))[1])
-            once = {
-                (r["source_metadata"]["partition"], r["source_metadata"]["offset"]): r
-                for r in read_rows(str(out / "dlq"))[1]
-            }
+            once = dead_letters.once_per_source_offset()
             if (finals == expected and len(once) == len(reference.dead_letter_rows)) or time.monotonic() > deadline:
                 break
-            time.sleep(1)
         settled_s = time.monotonic() - load_done
         restarts = flink_cluster.restarts(job_id)
     finally:
         result.cancel()
+        dead_letters.close()
 
     report = FaultReport(
         test="Flink session cluster, Kafka broker killed and restarted",
