@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.runners import FLINK_RUNNERS, is_direct
+from pipelines.runners import is_direct, is_flink
 from transforms.analytics import (
     TIMESTAMP_KAFKA,
     TIMESTAMP_PAYLOAD,
@@ -450,9 +450,9 @@ def flink_settings(options: PipelineOptions) -> dict[str, int | str]:
     if not given:
         return {}
     first = next(iter(given))
-    runner = options.view_as(StandardOptions).runner
-    if runner not in FLINK_RUNNERS:
-        raise ConfigError(f"--{first} applies only to --runner=FlinkRunner (the runner is {runner or 'DirectRunner'})")
+    if not is_flink(options):
+        runner = options.view_as(StandardOptions).runner or "DirectRunner"
+        raise ConfigError(f"--{first} applies only to --runner=FlinkRunner (the runner is {runner})")
     for name in given:
         if name in _NEEDS and _NEEDS[name] not in given:
             raise ConfigError(f"--{name} needs --{_NEEDS[name]}")

@@ -117,10 +117,9 @@ def fill_portable_runner_options(options: PipelineOptions) -> PipelineOptions:
     """
     from apache_beam.options.pipeline_options import PortableOptions, PrismRunnerOptions
 
-    runner = options.view_as(StandardOptions).runner
-    if runner in FLINK_RUNNERS:
+    if is_flink(options):
         return fill_flink_options(options)
-    if runner not in PRISM_RUNNERS:
+    if options.view_as(StandardOptions).runner not in PRISM_RUNNERS:
         return options
     prism = options.view_as(PrismRunnerOptions)
     if not prism.prism_location:
@@ -132,12 +131,13 @@ def fill_portable_runner_options(options: PipelineOptions) -> PipelineOptions:
 
 
 # Beam's FlinkRunner, with Beam's Flink job server assembled from Maven Central by pipelines/jars.py (FLINK_JAVA).
-FLINK_RUNNERS = ("FlinkRunner",)
 EMBEDDED_FLINK = ("[local]", "[auto]")
 
 
 def is_flink(options: PipelineOptions) -> bool:
-    return options.view_as(StandardOptions).runner in FLINK_RUNNERS
+    """``--runner`` names Beam's FlinkRunner, spelled any way Beam accepts (FlinkRunner, flink, the class path)."""
+    runner = (options.view_as(StandardOptions).runner or "").rsplit(".", 1)[-1].lower()
+    return runner in ("flink", "flinkrunner")
 
 
 def fill_flink_options(options: PipelineOptions) -> PipelineOptions:

@@ -56,3 +56,11 @@ def test_explicit_choices_are_kept():
 def test_other_runners_are_left_alone():
     options = fill_portable_runner_options(PipelineOptions(["--runner=DataflowRunner"]))
     assert options.view_as(FlinkRunnerOptions).flink_job_server_jar is None
+
+
+@pytest.mark.parametrize(
+    "name", ["FlinkRunner", "flink", "FLINK", "apache_beam.runners.portability.flink_runner.FlinkRunner"]
+)
+def test_every_spelling_beam_accepts_gets_the_cached_job_server(name):
+    options = fill_portable_runner_options(PipelineOptions([f"--runner={name}", "--flink_master=[local]"]))
+    assert options.view_as(FlinkRunnerOptions).flink_job_server_jar == JAR
