@@ -5,6 +5,8 @@ from setuptools import find_packages, setup
 # Everything the pipeline needs at run time (also what Dataflow workers install).
 INSTALL_REQUIRES = [
     "apache-beam[gcp]==2.77.0",
+    # Imported directly by the Storage Write sink (transforms/io/bigquery_storage.py); the range apache-beam[gcp] pins.
+    "google-cloud-bigquery-storage>=2.6.3,<3",
     "fastavro>=1.9",
     "pyarrow>=14",
     "orjson>=3.10",

@@ -80,6 +80,8 @@ JAVA_17_OPENS = tuple(
     )
 )
 JAVA_17_EXPORTS = ("java.base/sun.net.util", "java.rmi/sun.rmi.registry", "java.security.jgss/sun.security.krb5")
+# How KafkaIO expands its read for Prism (see kafka_expansion_service); Flink reads natively (pipelines/runners.py).
+KAFKA_READ_EXPERIMENT = "use_unbounded_sdf_wrapper"
 
 
 def _dependency(coordinates: str, exclude: str | None = None) -> str:
@@ -373,11 +375,15 @@ def flink_job_server_jar() -> Path:
     return FLINK_JAVA.shaded_jar
 
 
-def kafka_expansion_service(java: JavaSet = KAFKA_JAVA, experiments: tuple[str, ...] = ()):
+def kafka_expansion_service(java: JavaSet = KAFKA_JAVA, experiments: tuple[str, ...] = (KAFKA_READ_EXPERIMENT,)):
     """The expansion service for ReadFromKafka/WriteToKafka: the cached jars, Java workers as local processes.
 
     ``experiments`` reach the Java transforms' expansion (its pipeline options are the service's command line, not
-    the Python pipeline's), e.g. ``use_deprecated_read`` for a runner-native Kafka read on Flink.
+    the Python pipeline's). The default, ``use_unbounded_sdf_wrapper``, is Prism's: KafkaIO's splittable-DoFn read
+    commits offsets through KafkaCommitOffset, which declares @RequiresStableInput (Prism refuses such pipelines) and
+    commits once per 5-minute event-time window; its UnboundedSource read, wrapped in a splittable DoFn, commits in
+    finalizeCheckpoint through bundle finalization after every checkpoint instead (docs/connectors-kafka.md). Flink
+    passes ``use_deprecated_read`` for a runner-native read.
     """
     from apache_beam.transforms.external import JavaJarExpansionService
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.runners import is_direct, is_flink
+from pipelines.runners import is_direct, is_flink, reads_pubsub, retries_with_stable_input
 from transforms.analytics import (
     TIMESTAMP_KAFKA,
     TIMESTAMP_PAYLOAD,
@@ -20,9 +20,25 @@ from transforms.analytics import (
     TIMESTAMP_SOURCES,
     AnalyticsConfig,
 )
-from transforms.io import KAFKA, PUBSUB, UnsupportedUri, check_sink, check_source, is_replay, is_unbounded, scheme_of
+from transforms.io import (
+    KAFKA,
+    PUBSUB,
+    UnsupportedUri,
+    check_sink,
+    check_source,
+    is_cross_language,
+    is_replay,
+    is_unbounded,
+    scheme_of,
+)
 from transforms.io.bigquery import SCHEME as BIGQUERY
-from transforms.io.bigquery import STREAMING_INSERTS, check_write_method, resolve_endpoint
+from transforms.io.bigquery import (
+    STORAGE_WRITE_API,
+    STREAMING_INSERTS,
+    check_write_method,
+    resolve_endpoint,
+    resolve_storage_endpoint,
+)
 from transforms.io.kafka import DEFAULT_CONSUMER_GROUP, DEFAULT_START_OFFSET, check_consumer_group, check_start_offset
 from transforms.io.kafka_security import PLAINTEXT, KafkaSecurity, KafkaSecurityError, kafka_security
 from transforms.parse import FORMATS
@@ -92,7 +108,8 @@ class AnalyticsOptions(PipelineOptions):
             "--source",
             default=DEMO_SOURCE,
             help="Where records come from: a local path or glob (JSON lines, or Avro container files with "
-            "--format=avro), pubsub://projects/P/subscriptions/S or pubsub://projects/P/topics/T (streaming), or "
+            "--format=avro), pubsub://projects/P/subscriptions/S or pubsub://projects/P/topics/T (streaming), "
+            "kafka://HOST:PORT[,HOST:PORT]/TOPIC (streaming, portable runner), or "
             "synthetic://?events=N&rate=R&keys=K&bad=..&duplicates=..&late=..&too_late=.. "
             "(mode=replay replays a bounded stream on a simulated clock). Default: the embedded demo.",
         )
@@ -106,14 +123,15 @@ class AnalyticsOptions(PipelineOptions):
         group.add_argument(
             "--dead_letter_sink",
             default=DEFAULT_DEAD_LETTER_SINK,
-            help="Dead letters: a path prefix for newline-delimited JSON files, pubsub://projects/P/topics/T or "
-            "bigquery://PROJECT.DATASET.TABLE.",
+            help="Dead letters: a path prefix for newline-delimited JSON files, pubsub://projects/P/topics/T, "
+            "kafka://HOST:PORT[,HOST:PORT]/TOPIC or bigquery://PROJECT.DATASET.TABLE.",
         )
         group.add_argument(
             "--bigquery_write_method",
             default=STREAMING_INSERTS,
             help="How bigquery:// sinks write: STREAMING_INSERTS (tabledata.insertAll: at-least-once, best-effort "
-            "insertId dedup). STORAGE_WRITE_API is not supported yet (see docs/connectors-bigquery.md).",
+            "insertId dedup) or STORAGE_WRITE_API (AppendRows over gRPC: exactly-once on the direct runner, Prism "
+            "and Dataflow, at-least-once on other runners; see docs/connectors-bigquery.md).",
         )
         group.add_argument(
             "--bigquery_endpoint",
@@ -121,6 +139,13 @@ class AnalyticsOptions(PipelineOptions):
             help="A BigQuery emulator's URL for bigquery:// sinks, e.g. http://127.0.0.1:9050 (anonymous "
             "credentials). Default: $BIGQUERY_EMULATOR_HOST if set, else Google's endpoint with the job's "
             "credentials.",
+        )
+        group.add_argument(
+            "--bigquery_storage_endpoint",
+            default=None,
+            help="STORAGE_WRITE_API: a BigQuery emulator's Storage API gRPC address HOST:PORT, e.g. "
+            "127.0.0.1:9060 (plaintext, anonymous). Default: $BIGQUERY_EMULATOR_GRPC_HOST if set, else Google's "
+            "endpoint with the job's credentials. Required when --bigquery_endpoint names an emulator.",
         )
         group.add_argument(
             "--kafka_consumer_group",
@@ -373,6 +398,20 @@ def analytics_config(options: PipelineOptions) -> AnalyticsConfig:
             "--source: mode=replay (and the default embedded demo) replays through TestStream, which only the "
             "direct runner runs; give a pubsub://, kafka://, gs:// or synthetic:// (without mode=replay) source"
         )
+    if is_direct(options):
+        for name in ("source", "sink", "dead_letter_sink"):
+            if is_cross_language(getattr(opts, name)):
+                raise ConfigError(
+                    f"--{name}: {scheme_of(getattr(opts, name))}:// runs Beam's Java KafkaIO (cross-language), which "
+                    "the direct runner cannot run; add --runner=PrismRunner (built and cached by the project) or use "
+                    "Dataflow"
+                )
+    if scheme_of(opts.source) == PUBSUB and not reads_pubsub(options):
+        runner = options.view_as(StandardOptions).runner
+        raise ConfigError(
+            f"--source: pubsub:// sources run on the direct runner and Dataflow, not on {runner}: Beam's Pub/Sub read "
+            "is a Dataflow-native transform (beam:transform:pubsub_read:v1) that other runners do not implement"
+        )
     if is_replay(opts.source) or is_unbounded(opts.source):
         streaming = True  # a replay is a stream on a simulated clock; a broker never ends
     _check_timestamp_source(opts.timestamp_source, scheme_of(opts.source))
@@ -520,23 +559,31 @@ def _all_options_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def bigquery_sink_settings(options: PipelineOptions) -> dict[str, str | None]:
-    """``--bigquery_write_method`` and the emulator endpoint (option, else env), validated: WriteRows keywords.
+def bigquery_sink_settings(options: PipelineOptions) -> dict[str, str | bool | None]:
+    """``--bigquery_write_method``, the emulator endpoints (options, else env) and the Storage Write delivery mode
+    (exactly-once where the runner retries with stable input), validated: WriteRows keywords.
 
-    The endpoint is only resolved when a sink is ``bigquery://`` (a stray environment variable harms nothing else).
+    Endpoints are only resolved when a sink is ``bigquery://`` (a stray environment variable harms nothing else).
     """
     opts = options.view_as(AnalyticsOptions)
     try:
         method = check_write_method(opts.bigquery_write_method)
     except ValueError as exc:
         raise ConfigError(f"--bigquery_write_method: {exc}") from None
-    endpoint = None
+    endpoint = storage_endpoint = None
     if BIGQUERY in (scheme_of(opts.sink), scheme_of(opts.dead_letter_sink)):
         try:
             endpoint = resolve_endpoint(opts.bigquery_endpoint)
+            if method == STORAGE_WRITE_API:
+                storage_endpoint = resolve_storage_endpoint(opts.bigquery_storage_endpoint, endpoint)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    return {"bigquery_write_method": method, "bigquery_endpoint": endpoint}
+    return {
+        "bigquery_write_method": method,
+        "bigquery_endpoint": endpoint,
+        "bigquery_storage_endpoint": storage_endpoint,
+        "bigquery_exactly_once": retries_with_stable_input(options),
+    }
 
 
 def known_flags() -> set[str]:

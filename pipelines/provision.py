@@ -9,9 +9,10 @@
 - ``<aggregates>_final``: a view with only the final pane (highest ``pane_index``) of each window, event type and key.
 
 What exists is checked and reported, never dropped: a table whose columns cannot take the sink's rows is an error
-(exit 1), a view with another query is updated. The endpoint is Google's with application default credentials,
-unless ``--endpoint`` or ``BIGQUERY_EMULATOR_HOST`` names an emulator (anonymous credentials). Bad arguments:
-one line on stderr, exit 2.
+(exit 1), a view with another query is updated. Runs at the same time are safe: an object another run created
+between the lookup and the create (409) is checked like any existing one. The endpoint is Google's with
+application default credentials, unless ``--endpoint`` or ``BIGQUERY_EMULATOR_HOST`` names an emulator (anonymous
+credentials). Bad arguments: one line on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from google.api_core.exceptions import GoogleAPIError, NotFound
+from google.api_core.exceptions import Conflict, GoogleAPIError, NotFound
 from google.cloud import bigquery
 from google.cloud.bigquery.retry import DEFAULT_RETRY
 
@@ -131,13 +132,34 @@ def schema_problems(expected: Sequence[bigquery.SchemaField], actual: Sequence[b
     return problems
 
 
+def create_or_get_table(client: bigquery.Client, wanted: bigquery.Table) -> bigquery.Table | None:
+    """Creates ``wanted``; None if this call created it, else the table a concurrent run created first (409)."""
+    try:
+        client.create_table(wanted, retry=_RETRY, timeout=_TIMEOUT_S)
+        return None
+    except Conflict:
+        return client.get_table(
+            f"{wanted.project}.{wanted.dataset_id}.{wanted.table_id}", retry=_RETRY, timeout=_TIMEOUT_S
+        )
+
+
+def create_or_get_dataset(client: bigquery.Client, wanted: bigquery.Dataset) -> bigquery.Dataset | None:
+    """Creates ``wanted``; None if this call created it, else the dataset a concurrent run created first (409)."""
+    try:
+        client.create_dataset(wanted, retry=_RETRY, timeout=_TIMEOUT_S)
+        return None
+    except Conflict:
+        return client.get_dataset(f"{wanted.project}.{wanted.dataset_id}", retry=_RETRY, timeout=_TIMEOUT_S)
+
+
 def _ensure_table(client: bigquery.Client, wanted: bigquery.Table) -> Outcome:
     table_id = f"{wanted.project}.{wanted.dataset_id}.{wanted.table_id}"
     try:
         existing = client.get_table(table_id, retry=_RETRY, timeout=_TIMEOUT_S)
     except NotFound:
-        client.create_table(wanted, retry=_RETRY, timeout=_TIMEOUT_S)
-        return Outcome("table", table_id, "created", _describe_partitioning(wanted))
+        existing = create_or_get_table(client, wanted)
+        if existing is None:
+            return Outcome("table", table_id, "created", _describe_partitioning(wanted))
     if existing.table_type != "TABLE":
         raise ProvisionError(f"{table_id} exists but is a {existing.table_type}, not a table")
     problems = schema_problems(wanted.schema, existing.schema)
@@ -156,8 +178,9 @@ def _ensure_view(client: bigquery.Client, view_id: str, query: str) -> Outcome:
         view = bigquery.Table(view_id)
         view.view_query = query
         view.description = "Final pane of each window, event_type and key"
-        client.create_table(view, retry=_RETRY, timeout=_TIMEOUT_S)
-        return Outcome("view", view_id, "created", "final pane per window, event_type, key")
+        existing = create_or_get_table(client, view)
+        if existing is None:
+            return Outcome("view", view_id, "created", "final pane per window, event_type, key")
     if existing.table_type != "VIEW":
         raise ProvisionError(f"{view_id} exists but is a {existing.table_type}, not a view")
     if (existing.view_query or "").strip() == query.strip():
@@ -185,8 +208,10 @@ def provision(
         wanted = bigquery.Dataset(dataset_id)
         if location:
             wanted.location = location
-        client.create_dataset(wanted, retry=_RETRY, timeout=_TIMEOUT_S)
-        outcomes.append(Outcome("dataset", dataset_id, "created", f"location {location}" if location else ""))
+        found = create_or_get_dataset(client, wanted)
+        where = location if found is None else found.location
+        status = "created" if found is None else "found"
+        outcomes.append(Outcome("dataset", dataset_id, status, f"location {where}" if where else ""))
     outcomes.append(_ensure_table(client, aggregates_table(f"{dataset_id}.{aggregates}")))
     outcomes.append(_ensure_table(client, dead_letter_table(f"{dataset_id}.{dead_letter}")))
     view_id = f"{dataset_id}.{aggregates}{FINAL_VIEW_SUFFIX}"

@@ -48,6 +48,26 @@ def is_direct(options: PipelineOptions) -> bool:
     return options.view_as(StandardOptions).runner in DIRECT_NAMES
 
 
+# Runners that retry a failed bundle with the same input and its state rolled back (the direct runner, Dataflow), or
+# fail the job instead of retrying (Prism): what exactly-once Storage Write appends rely on. Others (Flink restores a
+# checkpoint and replays the source, which may batch rows differently) get at-least-once appends.
+STABLE_RETRY_RUNNERS = (*DIRECT_NAMES, "BundleBasedDirectRunner", "PrismRunner", "DataflowRunner", "TestDataflowRunner")
+
+
+def retries_with_stable_input(options: PipelineOptions) -> bool:
+    return options.view_as(StandardOptions).runner in STABLE_RETRY_RUNNERS
+
+
+# Runners that can read Pub/Sub from Python: ReadFromPubSub expands to beam:transform:pubsub_read:v1, which only
+# Dataflow implements; the direct runner substitutes its own reader. Prism refuses it ("unimplemented features",
+# seen), Flink does not know the URN.
+PUBSUB_READ_RUNNERS = (*DIRECT_NAMES, "BundleBasedDirectRunner", "DataflowRunner", "TestDataflowRunner")
+
+
+def reads_pubsub(options: PipelineOptions) -> bool:
+    return options.view_as(StandardOptions).runner in PUBSUB_READ_RUNNERS
+
+
 def local_runner(options: PipelineOptions, streaming: bool) -> PipelineRunner | None:
     """The runner object to use, or None to let Beam resolve ``--runner`` itself (Prism: cached binary filled in)."""
     if not is_direct(options):

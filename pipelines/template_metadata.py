@@ -64,7 +64,8 @@ _SECRET_VERSION = (
     "/versions/([1-9][0-9]{0,18}|latest)"
 )
 _PEM_FILE = "((file|gs)://)?[^:]+"
-_KAFKA_CONTEXT = ("--source=kafka://127.0.0.1:9092/events",)
+# The template launches on Dataflow; Kafka needs a runner that runs Java transforms (not the direct runner).
+_KAFKA_CONTEXT = ("--source=kafka://127.0.0.1:9092/events", "--runner=DataflowRunner")
 # Secret references in examples resolve from these variables (tests/unit/test_template_metadata.py sets them).
 EXAMPLE_SECRET_ENV = {"KAFKA_PASSWORD": "example-password", "PSEUDONYMIZATION_KEY": "k" * 48}
 
@@ -107,6 +108,7 @@ PARAMS: dict[str, Param] = {
             "synthetic://?events=5000&rate=100&keys=20&users=500&bad=0.03&duplicates=0.02&late=0.02&seed=42",
         ),
         bad=("ftp://host/events.jsonl", "s3://bucket/events/*.jsonl", "pubsub://projects/p/queues/x", ""),
+        context={"kafka://broker-1:9092,broker-2:9092/events": ("--runner=DataflowRunner",)},
         required=True,
         note="Required in the template: the CLI's default (the embedded demo) replays through TestStream, which "
         "only the direct runner runs.",
@@ -126,21 +128,28 @@ PARAMS: dict[str, Param] = {
         label="Aggregates sink",
     ),
     "dead_letter_sink": Param(
-        regex=f"^({_PUBSUB_TOPIC}|{_BIGQUERY_TABLE}|{_PATH_PREFIX})$",
+        regex=f"^({_PUBSUB_TOPIC}|{_KAFKA}|{_BIGQUERY_TABLE}|{_PATH_PREFIX})$",
         examples=(
             "output/dead_letter",
             "pubsub://projects/my-project/topics/dead-letters",
+            "kafka://broker-1:9092,broker-2:9092/events-dlq",
             "bigquery://my-project.analytics.dead_letter",
         ),
         bad=("pubsub://projects/my-project/subscriptions/dead-letters", "out/", "gs://my-bucket/dlq", ""),
+        context={
+            "kafka://broker-1:9092,broker-2:9092/events-dlq": (
+                "--runner=DataflowRunner",
+                "--source=pubsub://projects/my-project/subscriptions/events",
+            )
+        },
     ),
     "bigquery_write_method": Param(
-        regex="^STREAMING_INSERTS$",
-        examples=("STREAMING_INSERTS",),
-        bad=("STORAGE_WRITE_API", "FILE_LOADS", "fast"),
+        regex="^(STREAMING_INSERTS|STORAGE_WRITE_API)$",
+        examples=("STREAMING_INSERTS", "STORAGE_WRITE_API"),
+        bad=("FILE_LOADS", "fast"),
         label="BigQuery write method",
         param_type="ENUM",
-        enum=("STREAMING_INSERTS",),
+        enum=("STREAMING_INSERTS", "STORAGE_WRITE_API"),
     ),
     "bigquery_endpoint": Param(
         regex="^(https?://)?[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$",
@@ -149,6 +158,17 @@ PARAMS: dict[str, Param] = {
         label="BigQuery emulator endpoint",
         note="Tests only: leave empty on Dataflow (the job then uses its service account).",
         context={"*": ("--sink=bigquery://my-project.analytics.aggregates",)},
+    ),
+    "bigquery_storage_endpoint": Param(
+        regex="^([A-Za-z0-9.-]+|\\[[0-9A-Fa-f:.]+\\]):[0-9]{1,5}$",
+        examples=("127.0.0.1:9060", "localhost:9060"),
+        bad=("http://127.0.0.1:9060", "127.0.0.1", "host:port"),
+        lenient=("bigquerystorage.googleapis.com:443",),
+        label="BigQuery Storage API emulator address",
+        note="Tests only: leave empty on Dataflow (the job then uses its service account).",
+        context={
+            "*": ("--sink=bigquery://my-project.analytics.aggregates", "--bigquery_write_method=STORAGE_WRITE_API")
+        },
     ),
     "kafka_consumer_group": Param(
         regex="^[-A-Za-z0-9._]{1,255}$",
@@ -246,7 +266,7 @@ PARAMS: dict[str, Param] = {
         note="publish_time needs a pubsub:// source, kafka_timestamp a kafka:// source",
         context={
             "publish_time": ("--source=pubsub://projects/my-project/subscriptions/events",),
-            "kafka_timestamp": ("--source=kafka://127.0.0.1:9092/events",),
+            "kafka_timestamp": _KAFKA_CONTEXT,
         },
     ),
     "window": Param(

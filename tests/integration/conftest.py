@@ -1,4 +1,5 @@
-"""Session fixtures with real local services: Kafka, Flink, Pub/Sub (pstest) and BigQuery (local-bigquery).
+"""Session fixtures with real local services: Kafka, Flink, Pub/Sub (pstest) and BigQuery (local-bigquery), and the
+BigQuery datasets and file-sink reference runs that several test modules compare against.
 
 Each fixture reuses a server that `python -m services up` left running (if the state file lists it
 and a real client can use it), otherwise starts its own on free ports and stops it after the
@@ -10,11 +11,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 
 from services import BigQueryEmulator, FlinkCluster, KafkaBroker, LocalService, PubSubEmulator
+
+if TYPE_CHECKING:
+    from pipelines.summary import RunSummary
+    from tests.integration.test_bigquery_sink import Dataset
 
 S = TypeVar("S", bound=LocalService)
 
@@ -64,6 +69,42 @@ def flink_cluster() -> Iterator[FlinkCluster]:
         before = {job["id"] for job in cluster.jobs()}
         yield cluster
         cluster.cancel_running_jobs(keep=before)
+
+
+@pytest.fixture
+def dataset(bigquery_emulator: BigQueryEmulator) -> Iterator[Dataset]:
+    """A fresh dataset on the emulator, provisioned by pipelines.provision; dropped afterwards."""
+    from tests.integration.test_bigquery_sink import Dataset
+
+    ds = Dataset(bigquery_emulator)
+    yield ds
+    ds.drop()
+
+
+@pytest.fixture
+def bare_dataset(bigquery_emulator: BigQueryEmulator) -> Iterator[Dataset]:
+    """A fresh empty dataset (tests create the tables they need); dropped afterwards."""
+    from tests.integration.test_bigquery_sink import Dataset
+
+    ds = Dataset(bigquery_emulator, provisioned=False)
+    yield ds
+    ds.drop()
+
+
+@pytest.fixture(scope="session")
+def file_run(tmp_path_factory):
+    """The reference: a pipeline into local JSON-lines files, run once per argument list for the whole session."""
+    from pipelines.streaming_analytics import run
+
+    runs: dict[tuple[str, ...], RunSummary] = {}
+
+    def reference(*argv: str) -> RunSummary:
+        if argv not in runs:
+            out = tmp_path_factory.mktemp("files")
+            runs[argv] = run([*argv, f"--sink={out / 'agg'}", f"--dead_letter_sink={out / 'dlq'}"])
+        return runs[argv]
+
+    return reference
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -85,8 +85,11 @@ def expected_finals(window_a: int) -> dict[tuple, tuple]:
     }
 
 
-def produce(bootstrap: str, topic: str, payloads: list[bytes]) -> dict[bytes, tuple[int, int]]:
-    """Produces in order; returns payload -> (partition, offset) of its (last) delivery."""
+def produce(
+    bootstrap: str, topic: str, payloads: list[bytes], partitions: int = 1, timestamps_ms: list[int] | None = None
+) -> dict[bytes, tuple[int, int]]:
+    """Produces in order (round-robin over ``partitions``; record timestamps ``timestamps_ms`` if given, else the
+    producer's clock); returns payload -> (partition, offset) of its (last) delivery."""
     from confluent_kafka import Producer
 
     delivered: dict[bytes, tuple[int, int]] = {}
@@ -96,7 +99,14 @@ def produce(bootstrap: str, topic: str, payloads: list[bytes]) -> dict[bytes, tu
         delivered[msg.value()] = (msg.partition(), msg.offset())
 
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
-    for payload in payloads:
-        producer.produce(topic, value=payload, key=b"test-key", on_delivery=on_delivery)
+    for index, payload in enumerate(payloads):
+        producer.produce(
+            topic,
+            value=payload,
+            key=b"test-key",
+            partition=index % partitions,
+            timestamp=timestamps_ms[index] if timestamps_ms else 0,  # 0: the producer's clock
+            on_delivery=on_delivery,
+        )
     assert producer.flush(30) == 0
     return delivered

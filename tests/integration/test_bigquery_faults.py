@@ -28,7 +28,7 @@ from pipelines.summary import read_rows
 from tests.integration.fault_proxies import LOST_ACK, OUTAGE, BigQueryFaultProxy
 from tests.integration.fault_report import FaultReport
 from tests.integration.results import final_counts
-from tests.integration.test_bigquery_sink import Dataset, _aggregates, _dead_letters
+from tests.integration.test_bigquery_sink import _aggregates, _dead_letters
 from tests.integration.traffic import SteadyPublisher, Traffic
 from transforms.io.files import WriteJsonLines
 from transforms.timefmt import now_us
@@ -54,13 +54,6 @@ def _wait(condition, timeout_s: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(0.5)
-
-
-@pytest.fixture
-def dataset(bigquery_emulator):
-    ds = Dataset(bigquery_emulator)
-    yield ds
-    ds.drop()
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
 """BigQuery sink and provisioning against a real BigQuery emulator (local-bigquery), the production code path.
 
-The same pipeline runs once into local JSON-lines files and once into BigQuery tables; what lands in BigQuery is
-queried back and must equal the files row for row. Rows a table refuses must come back as dead letters
-(stage=write, BigQuery's error text); dead letters the dead-letter table refuses are logged and counted. Every
-pipeline run here is guarded: any name lookup other than 127.0.0.1/localhost (googleapis.com, the metadata
-server) fails the test.
+The same pipeline runs once into local JSON-lines files and once into BigQuery tables, with each write method
+(STREAMING_INSERTS over REST, STORAGE_WRITE_API over gRPC); what lands in BigQuery is queried back and must equal
+the files row for row. Rows a table refuses must come back as dead letters (stage=write, BigQuery's error text);
+dead letters the dead-letter table refuses are logged and counted. Every pipeline run here is guarded: any name
+lookup other than 127.0.0.1/localhost (googleapis.com, the metadata server) fails the test.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pipelines.streaming_analytics import run
 from pipelines.summary import RunSummary, final_panes
 from schemas import bigquery_field_names
 from services import BigQueryEmulator
-from transforms.io.bigquery import EMULATOR_HOST_ENV
+from transforms.io.bigquery import EMULATOR_HOST_ENV, STORAGE_EMULATOR_HOST_ENV
 from transforms.sketch import merge_sketches
 from transforms.timefmt import format_rfc3339_us
 
@@ -41,6 +41,8 @@ SOURCE = "synthetic://?events=300&rate=0.05&keys=4&users=40&seed=11"
 STREAM = "synthetic://?mode=replay&events=300&rate=0.5&keys=3&users=50&late=0.1&seed=3"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+STREAMING_INSERTS, STORAGE_WRITE_API = "STREAMING_INSERTS", "STORAGE_WRITE_API"
+METHODS = (STREAMING_INSERTS, STORAGE_WRITE_API)
 
 
 # ---- helpers -------------------------------------------------------------------------------------------------
@@ -141,59 +143,49 @@ class Dataset:
         self.client.close()
 
 
-@pytest.fixture
-def dataset(bigquery_emulator: BigQueryEmulator) -> Iterator[Dataset]:
-    ds = Dataset(bigquery_emulator)
-    yield ds
-    ds.drop()
+def endpoint_args(emulator: BigQueryEmulator, method: str) -> list[str]:
+    """The options that point a ``method`` sink at ``emulator`` (the Storage Write API is gRPC, on its own port)."""
+    args = [f"--bigquery_endpoint={emulator.endpoint}"]
+    if method == STORAGE_WRITE_API:
+        args += [f"--bigquery_write_method={method}", f"--bigquery_storage_endpoint={emulator.grpc_host}"]
+    return args
 
 
-@pytest.fixture
-def bare_dataset(bigquery_emulator: BigQueryEmulator) -> Iterator[Dataset]:
-    ds = Dataset(bigquery_emulator, provisioned=False)
-    yield ds
-    ds.drop()
-
-
-_FILE_RUNS: dict[tuple[str, ...], RunSummary] = {}
-
-
-@pytest.fixture(scope="module")
-def file_run(tmp_path_factory):
-    """The reference: the same pipeline into local JSON-lines files (cached per argument list)."""
-
-    def reference(*argv: str) -> RunSummary:
-        if argv not in _FILE_RUNS:
-            out = tmp_path_factory.mktemp("files")
-            _FILE_RUNS[argv] = run([*argv, f"--sink={out / 'agg'}", f"--dead_letter_sink={out / 'dlq'}"])
-        return _FILE_RUNS[argv]
-
-    return reference
-
-
-def bigquery_run(ds: Dataset, *argv: str, aggregates: str = "aggregates", dead_letter: str = "dead_letter"):
-    """The pipeline into ``ds``'s tables, endpoint given explicitly; no lookups beyond 127.0.0.1 allowed."""
+def bigquery_run(
+    ds: Dataset,
+    *argv: str,
+    method: str = STREAMING_INSERTS,
+    aggregates: str = "aggregates",
+    dead_letter: str = "dead_letter",
+):
+    """The pipeline into ``ds``'s tables, endpoints given explicitly; no lookups beyond 127.0.0.1 allowed."""
     with local_network_only() as attempts:
         summary = run(
             [
                 *argv,
                 f"--sink={ds.uri(aggregates)}",
                 f"--dead_letter_sink={ds.uri(dead_letter)}",
-                f"--bigquery_endpoint={ds.emulator.endpoint}",
+                *endpoint_args(ds.emulator, method),
             ]
         )
     assert attempts == []
     return summary
 
 
-@pytest.fixture(scope="module")
-def batch_into_bigquery(bigquery_emulator: BigQueryEmulator) -> Iterator[tuple[Dataset, RunSummary]]:
-    """SOURCE into provisioned tables, the endpoint taken from BIGQUERY_EMULATOR_HOST (no option)."""
+@pytest.fixture(scope="module", params=METHODS)
+def batch_into_bigquery(request, bigquery_emulator: BigQueryEmulator) -> Iterator[tuple[Dataset, RunSummary]]:
+    """SOURCE into provisioned tables, the endpoints taken from the environment variables (no endpoint options)."""
     ds = Dataset(bigquery_emulator)
     with pytest.MonkeyPatch.context() as patch, local_network_only() as attempts:
         patch.setenv(EMULATOR_HOST_ENV, bigquery_emulator.endpoint)
+        patch.setenv(STORAGE_EMULATOR_HOST_ENV, bigquery_emulator.grpc_host)
         summary = run(
-            [f"--source={SOURCE}", f"--sink={ds.uri('aggregates')}", f"--dead_letter_sink={ds.uri('dead_letter')}"]
+            [
+                f"--source={SOURCE}",
+                f"--sink={ds.uri('aggregates')}",
+                f"--dead_letter_sink={ds.uri('dead_letter')}",
+                f"--bigquery_write_method={request.param}",
+            ]
         )
     assert attempts == []
     yield ds, summary
@@ -286,6 +278,26 @@ def test_provisioning_is_idempotent_and_creates_partitioned_clustered_tables_and
         client.close()
 
 
+def test_an_object_a_concurrent_run_created_first_is_found_not_an_error(bigquery_emulator: BigQueryEmulator):
+    """Two provisioning runs at once: the one whose create comes second gets 409 and checks the existing object.
+
+    The race itself is not run here: local-bigquery's DuckLake catalog fails concurrent creates with "400 Failed to
+    commit DuckLake transaction" instead of BigQuery's 409, so the create-after-lookup step is called directly."""
+    project, name = bigquery_emulator.project, _unique("race")
+    client = bigquery_emulator.client()
+    try:
+        with local_network_only() as attempts:
+            assert provision.create_or_get_dataset(client, bigquery.Dataset(f"{project}.{name}")) is None
+            assert provision.create_or_get_dataset(client, bigquery.Dataset(f"{project}.{name}")).dataset_id == name
+            wanted = provision.aggregates_table(f"{project}.{name}.aggregates")
+            assert provision.create_or_get_table(client, wanted) is None
+            assert provision.create_or_get_table(client, wanted).clustering_fields == ["event_type", "key"]
+        assert attempts == []
+    finally:
+        client.delete_dataset(f"{project}.{name}", delete_contents=True, not_found_ok=True)
+        client.close()
+
+
 # ---- the sink ------------------------------------------------------------------------------------------------
 
 
@@ -305,6 +317,8 @@ def test_batch_run_lands_exactly_the_rows_of_the_file_sinks(batch_into_bigquery,
     assert all(isinstance(row["source_metadata"], dict) and "sequence" in row["source_metadata"] for row in dead)
     assert summary.counters.get("bigquery_rows_rejected", 0) == 0
     assert "dead_letter_write_failures" not in summary.counters
+    if "bigquery_streams_created" in summary.counters:  # STORAGE_WRITE_API: every row appended once
+        assert summary.counters["bigquery_rows_appended"] == len(aggregates) + len(dead)
 
 
 def test_final_pane_view_and_hourly_rollup_sql(batch_into_bigquery, file_run):
@@ -360,14 +374,15 @@ def _group(row: dict[str, Any]) -> tuple:
     return (row["window_start"], row["window_end"], row["event_type"], row["key"])
 
 
-def test_refused_aggregate_rows_become_write_dead_letters(bare_dataset: Dataset, file_run):
+@pytest.mark.parametrize("method", METHODS)
+def test_refused_aggregate_rows_become_write_dead_letters(bare_dataset: Dataset, file_run, method):
     ds = bare_dataset
     # A table that refuses null keys; grouping by properties.country leaves most events without one.
     ds.create_table_with("aggregates", key="REQUIRED")
     ds.create_table_with("dead_letter")
     argv = (f"--source={SOURCE}", "--key_field=properties.country")
     reference = file_run(*argv)
-    summary = bigquery_run(ds, *argv)
+    summary = bigquery_run(ds, *argv, method=method)
 
     refused = [r for r in reference.aggregate_rows if r["key"] is None]
     accepted = [r for r in reference.aggregate_rows if r["key"] is not None]
@@ -382,23 +397,29 @@ def test_refused_aggregate_rows_become_write_dead_letters(bare_dataset: Dataset,
     assert summary.counters["bigquery_rows_rejected"] == len(written) == len(refused)
     for row in written:
         assert row["error_code"] == "write_rejected"
-        assert row["error_field"] == "key"
         assert "Missing required field: key." in row["error_message"]  # BigQuery's own words
         assert row["source"] == ds.uri("aggregates")
-        assert row["source_metadata"]["errors"][0]["reason"] == "invalid"
+        assert row["source_metadata"]["table"] == ds.table("aggregates")
+        if method == STREAMING_INSERTS:  # insertAll names the column; AppendRows' row errors have no location
+            assert (row["error_field"], row["source_metadata"]["errors"][0]["reason"]) == ("key", "invalid")
+        else:
+            assert (row["error_field"], row["source_metadata"]["errors"][0]["reason"]) == (None, "FIELDS_ERROR")
     # Each payload is the refused row itself, as JSON.
     payloads = [orjson.loads(base64.b64decode(r["payload"])) for r in written]
     assert _without(payloads, "emitted_at") == _without(refused, "emitted_at")
 
 
-def test_dead_letters_the_dead_letter_table_refuses_are_logged_and_counted(bare_dataset: Dataset, file_run, caplog):
+@pytest.mark.parametrize("method", METHODS)
+def test_dead_letters_the_dead_letter_table_refuses_are_logged_and_counted(
+    bare_dataset: Dataset, file_run, caplog, method
+):
     ds = bare_dataset
     ds.create_table_with("aggregates")
     ds.create_table_with("dead_letter", error_field="REQUIRED")  # parse errors have no field: refused
     argv = (f"--source={SOURCE}",)
     reference = file_run(*argv)
     with caplog.at_level("ERROR", logger="transforms.io.bigquery"):
-        summary = bigquery_run(ds, *argv)
+        summary = bigquery_run(ds, *argv, method=method)
 
     lost = [r for r in reference.dead_letter_rows if r["error_field"] is None]
     kept = [r for r in reference.dead_letter_rows if r["error_field"] is not None]
@@ -416,6 +437,8 @@ def test_dead_letters_the_dead_letter_table_refuses_are_logged_and_counted(bare_
 
 
 def test_streaming_run_lands_every_pane_including_late_ones(dataset: Dataset, file_run):
+    """STREAMING_INSERTS; the same run with STORAGE_WRITE_API, and a bundle failure on top, is
+    test_bigquery_storage_write.py::test_a_bundle_retried_after_bigquery_stored_its_rows_writes_no_row_twice."""
     argv = (f"--source={STREAM}",)
     reference = file_run(*argv)
     assert Counter(r["pane_timing"] for r in reference.aggregate_rows)["LATE"] > 0

@@ -58,6 +58,7 @@ DATAFLOW_COMPOSITES = {
     common_urns.combine_components.COMBINE_GROUPED_VALUES.urn,
     common_urns.composites.RESHUFFLE.urn,
     common_urns.composites.GROUP_INTO_BATCHES_WITH_SHARDED_KEY.urn,
+    common_urns.group_into_batches_components.GROUP_INTO_BATCHES.urn,  # runs as its stateful ParDo
     common_urns.deprecated_primitives.READ.urn,  # only as the composite around the SDF read (checked below)
     python_urns.GENERIC_COMPOSITE_TRANSFORM,
     python_urns.PICKLED_TRANSFORM,
@@ -190,6 +191,23 @@ def test_streaming_pubsub(offline):
     assert common_urns.composites.PUBSUB_READ.urn in leaves.values(), "Dataflow's native Pub/Sub source"
     assert common_urns.composites.PUBSUB_WRITE.urn in leaves.values(), "Dataflow's native Pub/Sub sink"
     assert common_urns.requirements.REQUIRES_STATEFUL_PROCESSING.urn in proto.requirements  # streaming dedup
+
+
+def test_streaming_pubsub_into_bigquery_with_the_storage_write_api(offline):
+    """The pure-Python Storage Write sink: a GroupIntoBatches and a stateful ParDo per table, no Java transform."""
+    proto = dry_run(
+        "--streaming",
+        "--source=pubsub://projects/my-project/subscriptions/events",
+        "--sink=bigquery://my-project.analytics.aggregates",
+        "--dead_letter_sink=bigquery://my-project.analytics.dead_letter",
+        "--bigquery_write_method=STORAGE_WRITE_API",
+    )
+    assert_runs_on_dataflow(proto, streaming=True)
+    present = labels(proto)
+    for table in ("WriteAggregates", "WriteDeadLetters"):
+        assert f"{table}/BigQuery/StorageWrite/Batch" in present
+        assert f"{table}/BigQuery/StorageWrite/Append" in present
+    assert "WithRefusedAggregates" in present and "LogLostDeadLetters" in present
 
 
 def test_streaming_synthetic(offline):

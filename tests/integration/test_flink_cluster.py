@@ -24,12 +24,11 @@ from tests.integration.results import wait_for_bigquery
 DEADLINE_S = 150
 
 
-def test_kafka_to_bigquery_on_a_flink_session_cluster(kafka_broker, flink_cluster, bigquery_emulator, tmp_path):
-    from tests.integration.test_bigquery_sink import Dataset
-
+def test_kafka_to_bigquery_on_a_flink_session_cluster(
+    kafka_broker, flink_cluster, bigquery_emulator, dataset, tmp_path
+):
     bootstrap = kafka_broker.bootstrap_servers
     topic = create_topics(bootstrap, "events")["events"]
-    dataset = Dataset(bigquery_emulator)
     window_a = recent_window()
     valid, bad = mix("json", window_a)
     produce(bootstrap, topic, [*valid, valid[0], *bad])  # valid[0] twice: a redelivery, dropped as a duplicate
@@ -61,7 +60,6 @@ def test_kafka_to_bigquery_on_a_flink_session_cluster(kafka_broker, flink_cluste
         completed = flink_cluster.completed_checkpoints(running[0]["id"]) if running else 0
     finally:
         result.cancel()
-        dataset.drop()
     assert len(running) == 1  # the job ran on the cluster, not on an embedded Flink
     assert (checkpoint_config["interval"], checkpoint_config["mode"]) == (1000, "at_least_once")
     assert checkpoint_config["state_backend"] == "RocksDBStateBackend"  # what Beam 2.56 sets for rocksdb

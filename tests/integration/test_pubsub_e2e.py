@@ -149,3 +149,44 @@ def test_pubsub_stream_gives_exact_aggregates_and_every_dead_letter(topics, tmp_
         assert row["source_metadata"]["message_id"] and row["source_metadata"]["publish_time"].endswith("Z")
     assert {payload: row["error_code"] for payload, row in by_payload.items()} == bad  # byte for byte
     assert Counter(row["stage"] for row in by_payload.values()) == {"parse": 2, "validate": 1, "window": 1}
+
+
+def test_publish_time_is_the_event_time_when_asked(topics, tmp_path):
+    """--timestamp_source=publish_time: windows follow the server's publish time, not the payloads' event_time
+    (two hours old: as payload time every record would be too late and dead-lettered)."""
+    publisher, subscriber, names = topics
+    stale = (now_us() // MINUTE_US - 120) * MINUTE_US
+    events = [_event(f"p{i}", stale + i * 1_000_000, f"u{i}", i) for i in range(1, 5)]
+    options = PipelineOptions(
+        [
+            f"--source=pubsub://{names['events_sub']}",
+            f"--sink={tmp_path / 'aggregates'}",
+            f"--dead_letter_sink={tmp_path / 'dead_letter'}",
+            "--timestamp_source=publish_time",
+            "--early_firing=2",
+            "--streaming",
+        ]
+    )
+    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
+    build_pipeline(pipeline, options)
+    result = pipeline.run()
+    first_minute = now_us() // MINUTE_US * MINUTE_US
+    finals: dict = {}
+    try:
+        for payload in events:
+            publisher.publish(names["events"], payload).result(timeout=30)
+        last_minute = now_us() // MINUTE_US * MINUTE_US
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            finals = final_counts(read_rows(str(tmp_path / "aggregates"))[1])
+            if sum(count for count, _, _ in finals.values()) == len(events):
+                break
+            time.sleep(0.5)
+    finally:
+        result.cancel()
+    assert sum(count for count, _, _ in finals.values()) == len(events)
+    assert sum(value for _, value, _ in finals.values()) == 10.0
+    # The windows are the minutes the messages were published in.
+    starts = {start for start, _, _ in finals}
+    assert starts and starts <= {format_rfc3339_us(m) for m in range(first_minute, last_minute + 1, MINUTE_US)}
+    assert read_rows(str(tmp_path / "dead_letter"))[1] == []  # nothing too late

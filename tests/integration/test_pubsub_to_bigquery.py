@@ -1,7 +1,8 @@
 """Pub/Sub (pstest) -> streaming pipeline -> BigQuery emulator: exact final aggregates and every dead letter.
 
 The known mix: valid events in two windows, a duplicate publish and a redelivery of the same event, malformed,
-invalid and too-late records. Aggregates and dead letters both land in provisioned BigQuery tables.
+invalid and too-late records. Aggregates and dead letters both land in provisioned BigQuery tables, through each
+write method (insertAll over REST, the Storage Write API over gRPC).
 """
 
 from __future__ import annotations
@@ -16,19 +17,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.graph import build_pipeline
 from pipelines.runners import local_runner
 from tests.integration.results import wait_for_bigquery
-from tests.integration.test_bigquery_sink import Dataset
+from tests.integration.test_bigquery_sink import METHODS, endpoint_args
 from tests.integration.test_pubsub_e2e import MINUTE_US, PROJECT, _event
 from transforms.timefmt import format_rfc3339_us, now_us
 
 
-@pytest.fixture
-def dataset(bigquery_emulator):
-    ds = Dataset(bigquery_emulator)
-    yield ds
-    ds.drop()
-
-
-def test_pubsub_to_bigquery_exact_aggregates_and_dead_letters(pubsub_emulator, dataset, monkeypatch):
+@pytest.mark.parametrize("method", METHODS)
+def test_pubsub_to_bigquery_exact_aggregates_and_dead_letters(pubsub_emulator, dataset, monkeypatch, method):
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
     publisher, subscriber = pubsub_emulator.publisher(), pubsub_emulator.subscriber()
     suffix = uuid.uuid4().hex[:8]
@@ -55,7 +50,7 @@ def test_pubsub_to_bigquery_exact_aggregates_and_dead_letters(pubsub_emulator, d
             f"--source=pubsub://{subscription}",
             f"--sink={dataset.uri('aggregates')}",
             f"--dead_letter_sink={dataset.uri('dead_letter')}",
-            f"--bigquery_endpoint={dataset.emulator.endpoint}",
+            *endpoint_args(dataset.emulator, method),
             "--allowed_lateness=600",
         ]
     )

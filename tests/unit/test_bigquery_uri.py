@@ -20,16 +20,19 @@ from schemas import AGGREGATES_TABLE, DEAD_LETTER_TABLE
 from transforms.io import UnsupportedUri, WriteRows, check_sink
 from transforms.io.bigquery import (
     EMULATOR_HOST_ENV,
+    STORAGE_EMULATOR_HOST_ENV,
     EmulatorBigQueryClient,
     TableRef,
     WriteToBigQueryTable,
     check_write_method,
     json_columns,
     normalize_endpoint,
+    normalize_storage_endpoint,
     parse_bigquery_uri,
     parse_dataset_id,
     rejected_row_dead_letter,
     resolve_endpoint,
+    resolve_storage_endpoint,
     to_insert_row,
 )
 
@@ -40,6 +43,7 @@ DLQ_URI = "bigquery://my-project.analytics.dead_letter"
 @pytest.fixture(autouse=True)
 def no_emulator_env(monkeypatch):
     monkeypatch.delenv(EMULATOR_HOST_ENV, raising=False)
+    monkeypatch.delenv(STORAGE_EMULATOR_HOST_ENV, raising=False)
 
 
 # ---- URIs and names --------------------------------------------------------------------------------
@@ -134,16 +138,10 @@ def test_bad_dataset_ids(text):
 # ---- write methods -----------------------------------------------------------------------------------
 
 
-def test_streaming_inserts_is_the_supported_method():
+def test_streaming_inserts_and_the_storage_write_api_are_the_supported_methods():
     assert check_write_method("STREAMING_INSERTS") == "STREAMING_INSERTS"
     assert check_write_method(" streaming_inserts ") == "STREAMING_INSERTS"
-
-
-def test_storage_write_api_is_refused_with_the_reason():
-    with pytest.raises(ValueError) as raised:
-        check_write_method("STORAGE_WRITE_API")
-    message = str(raised.value)
-    assert "not supported yet" in message and "cross-language Java" in message and "STREAMING_INSERTS" in message
+    assert check_write_method("storage_write_api") == "STORAGE_WRITE_API"
 
 
 @pytest.mark.parametrize(
@@ -199,6 +197,33 @@ def test_endpoint_comes_from_the_option_then_the_environment_then_google(monkeyp
         resolve_endpoint(None)
 
 
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("http://127.0.0.1:19060", "HOST:PORT"),
+        ("127.0.0.1", "HOST:PORT"),
+        ("127.0.0.1:70000", "HOST:PORT"),
+        ("bigquerystorage.googleapis.com:443", "Google's own endpoint"),
+    ],
+)
+def test_bad_storage_endpoints(value, words):
+    with pytest.raises(ValueError) as raised:
+        normalize_storage_endpoint(value)
+    assert words in str(raised.value)
+
+
+def test_storage_endpoint_comes_from_the_option_then_the_environment_then_google(monkeypatch):
+    assert normalize_storage_endpoint(" [::1]:19060 ") == "[::1]:19060"
+    assert resolve_storage_endpoint(None, None) is None  # production: Google's endpoint, the job's credentials
+    monkeypatch.setenv(STORAGE_EMULATOR_HOST_ENV, "127.0.0.1:19060")
+    assert resolve_storage_endpoint(None, "http://127.0.0.1:19050") == "127.0.0.1:19060"
+    assert resolve_storage_endpoint("localhost:9060", None) == "localhost:9060"
+    monkeypatch.delenv(STORAGE_EMULATOR_HOST_ENV)
+    # A REST emulator with Google's Storage API would split one sink between two services.
+    with pytest.raises(ValueError, match="--bigquery_storage_endpoint: STORAGE_WRITE_API with a BigQuery emulator"):
+        resolve_storage_endpoint(None, "http://127.0.0.1:19050")
+
+
 def test_emulator_client_pickles_as_endpoint_and_project():
     client = EmulatorBigQueryClient("local-project", "http://127.0.0.1:19050")
     for dumps, loads in ((pickle.dumps, pickle.loads), (pickler.dumps, pickler.loads)):
@@ -222,8 +247,10 @@ def test_sink_arguments_are_checked_at_construction():
         WriteToBigQueryTable(AGG_URI, "events")
     with pytest.raises(ValueError, match="table_kind"):
         WriteRows(AGG_URI)  # a BigQuery sink must know which schema it writes
-    with pytest.raises(ValueError, match="not supported yet"):
-        WriteToBigQueryTable(AGG_URI, AGGREGATES_TABLE, "STORAGE_WRITE_API")
+    with pytest.raises(ValueError, match="FILE_LOADS is not supported"):
+        WriteToBigQueryTable(AGG_URI, AGGREGATES_TABLE, "FILE_LOADS")
+    storage = WriteToBigQueryTable(AGG_URI, AGGREGATES_TABLE, "STORAGE_WRITE_API")
+    assert storage.storage_endpoint is None  # Google's, with the job's credentials
     assert WriteRows(AGG_URI, table_kind=AGGREGATES_TABLE).returns_failed_rows
     assert not WriteRows("out/aggregates").returns_failed_rows
 
@@ -236,11 +263,37 @@ SOURCE = "--source=synthetic://?events=10"
 def test_options_accept_bigquery_sinks(monkeypatch):
     options = PipelineOptions([SOURCE, f"--sink={AGG_URI}", f"--dead_letter_sink={DLQ_URI}"])
     analytics_config(options)
-    assert bigquery_sink_settings(options) == {"bigquery_write_method": "STREAMING_INSERTS", "bigquery_endpoint": None}
+    assert bigquery_sink_settings(options) == {
+        "bigquery_write_method": "STREAMING_INSERTS",
+        "bigquery_endpoint": None,
+        "bigquery_storage_endpoint": None,
+        "bigquery_exactly_once": True,
+    }
     monkeypatch.setenv(EMULATOR_HOST_ENV, "127.0.0.1:19050")
     assert bigquery_sink_settings(options)["bigquery_endpoint"] == "http://127.0.0.1:19050"
     explicit = PipelineOptions([SOURCE, f"--sink={AGG_URI}", "--bigquery_endpoint=http://127.0.0.1:9999"])
     assert bigquery_sink_settings(explicit)["bigquery_endpoint"] == "http://127.0.0.1:9999"
+
+
+def test_storage_write_options_and_delivery_per_runner(monkeypatch):
+    storage = [SOURCE, f"--sink={AGG_URI}", "--bigquery_write_method=STORAGE_WRITE_API"]
+    settings = bigquery_sink_settings(PipelineOptions(storage))
+    assert (settings["bigquery_write_method"], settings["bigquery_storage_endpoint"]) == ("STORAGE_WRITE_API", None)
+    emulator = [*storage, "--bigquery_endpoint=http://127.0.0.1:19050", "--bigquery_storage_endpoint=127.0.0.1:19060"]
+    assert bigquery_sink_settings(PipelineOptions(emulator))["bigquery_storage_endpoint"] == "127.0.0.1:19060"
+    monkeypatch.setenv(STORAGE_EMULATOR_HOST_ENV, "127.0.0.1:29060")
+    assert bigquery_sink_settings(PipelineOptions(storage))["bigquery_storage_endpoint"] == "127.0.0.1:29060"
+    # Exactly-once where a failed bundle is retried with the same input (or fails the job); at-least-once elsewhere.
+    for runner, exactly_once in [
+        (None, True),
+        ("DirectRunner", True),
+        ("PrismRunner", True),
+        ("DataflowRunner", True),
+        ("FlinkRunner", False),
+        ("PortableRunner", False),
+    ]:
+        argv = [*storage, f"--runner={runner}"] if runner else storage
+        assert bigquery_sink_settings(PipelineOptions(argv))["bigquery_exactly_once"] is exactly_once, runner
 
 
 def test_endpoint_is_ignored_without_a_bigquery_sink(monkeypatch):
@@ -253,8 +306,15 @@ def test_endpoint_is_ignored_without_a_bigquery_sink(monkeypatch):
 @pytest.mark.parametrize(
     ("argv", "words"),
     [
-        ([f"--sink={AGG_URI}", "--bigquery_write_method=STORAGE_WRITE_API"], "--bigquery_write_method"),
         ([f"--sink={AGG_URI}", "--bigquery_write_method=FILE_LOADS"], "--bigquery_write_method"),
+        (
+            [f"--sink={AGG_URI}", "--bigquery_write_method=STORAGE_WRITE_API", "--bigquery_endpoint=127.0.0.1:19050"],
+            "--bigquery_storage_endpoint",
+        ),
+        (
+            [f"--sink={AGG_URI}", "--bigquery_write_method=STORAGE_WRITE_API", "--bigquery_storage_endpoint=h"],
+            "--bigquery_storage_endpoint",
+        ),
         ([f"--sink={AGG_URI}", "--bigquery_endpoint=https://bigquery.googleapis.com"], "--bigquery_endpoint"),
         ([f"--sink={AGG_URI}", "--bigquery_endpoint=http://h:1/path"], "--bigquery_endpoint"),
         (["--sink=bigquery://my-project.analytics"], "--sink"),
@@ -270,15 +330,15 @@ def test_cli_refuses_bad_bigquery_options_with_one_line(argv, words, capsys):
     assert len(err) == 2 and err[1].startswith("usage: ")
 
 
-def test_storage_write_api_error_says_why(capsys):
-    assert main([SOURCE, f"--sink={AGG_URI}", "--bigquery_write_method=STORAGE_WRITE_API"]) == 2
+def test_file_loads_error_says_why(capsys):
+    assert main([SOURCE, f"--sink={AGG_URI}", "--bigquery_write_method=FILE_LOADS"]) == 2
     line = capsys.readouterr().err.splitlines()[0]
-    assert "not supported yet" in line and "cross-language" in line
+    assert "FILE_LOADS is not supported" in line and "GCS" in line
 
 
 def test_config_error_for_bad_write_method():
-    with pytest.raises(ConfigError, match="STORAGE_WRITE_API is not supported yet"):
-        analytics_config(PipelineOptions([SOURCE, "--bigquery_write_method=STORAGE_WRITE_API"]))
+    with pytest.raises(ConfigError, match="--bigquery_write_method: unknown BigQuery write method 'FAST'"):
+        analytics_config(PipelineOptions([SOURCE, "--bigquery_write_method=FAST"]))
 
 
 def test_graph_routes_refused_rows_to_the_dead_letter_sink():
@@ -323,9 +383,17 @@ def test_refused_row_becomes_a_write_dead_letter():
     assert orjson.loads(base64.b64decode(dead["payload"])) == row
     assert dead["source"] == AGG_URI
     assert dead["source_metadata"] == {
-        "table": "my-project:analytics.aggregates",
+        "table": "my-project.analytics.aggregates",  # one spelling, whatever Beam's legacy form was
         "errors": [{"reason": "invalid", "location": "key", "message": "Missing required field: key."}],
     }
+    # The Storage Write path names the table the same way; domain-scoped projects keep their colon.
+    storage = rejected_row_dead_letter("my-project.analytics.aggregates", row, errors, AGG_URI)
+    assert storage["source_metadata"]["table"] == "my-project.analytics.aggregates"
+    scoped = rejected_row_dead_letter("example.com:my-project:ds.t", row, errors, AGG_URI)
+    assert scoped["source_metadata"]["table"] == "example.com:my-project.ds.t"
+    assert rejected_row_dead_letter("example.com:p.ds.t", row, errors, AGG_URI)["source_metadata"]["table"] == (
+        "example.com:p.ds.t"
+    )
     assert dead["failed_at"].endswith("Z")
     # Beam refuses oversized rows itself and passes a plain string.
     too_big = rejected_row_dead_letter("p:d.t", row, "Received row with size 11MB that exceeds ...", AGG_URI)

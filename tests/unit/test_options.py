@@ -56,6 +56,10 @@ BAD = [
     (["--source=synthetic://?start=yesterday"], "--source"),
     (["--source=synthetic://?events"], "--source"),
     (["--source=pubsub://projects/x"], "--source"),
+    (["--source=pubsub://projects/my-project/subscriptions/events", "--runner=PrismRunner"], "--source"),
+    (["--source=pubsub://projects/my-project/topics/events", "--runner=FlinkRunner"], "--source"),
+    (["--source=kafka://127.0.0.1:9092/events"], "--source"),  # Java KafkaIO: not on the direct runner
+    (["--dead_letter_sink=kafka://127.0.0.1:9092/dlq"], "--dead_letter_sink"),
     (["--source=synthetic://?format=avro"], "--source"),  # generates Avro, parsed as JSON
     (["--format=avro", "--source=synthetic://?events=5"], "--source"),  # generates JSON, parsed as Avro
     # sinks

@@ -149,7 +149,11 @@ def test_bad_security_option_or_name_exits_2_with_one_line(argv, option, pem_fil
 def test_good_names_pass():
     for argv in (
         ["--source=pubsub://projects/example.com:my-project/subscriptions/events.v2~x%2B"],
-        ["--source=kafka://[::1]:9092,broker-1.example.com:9093/events_v2.x-y", "--kafka_consumer_group=a.b_c-1"],
+        [
+            "--source=kafka://[::1]:9092,broker-1.example.com:9093/events_v2.x-y",
+            "--kafka_consumer_group=a.b_c-1",
+            "--runner=PrismRunner",  # Java KafkaIO: not on the direct runner
+        ],
         ["--source=pubsub://projects/my-project/topics/" + "t" * 255],
     ):
         analytics_config(PipelineOptions([*argv, *SAFE]))

@@ -144,7 +144,8 @@ class WriteRows(beam.PTransform):
     """JSON-ready rows -> the sink named by ``uri``.
 
     A BigQuery sink needs ``table_kind`` (``aggregates`` or ``dead_letter``) and returns the rows the table refused
-    as dead letters (``returns_failed_rows`` is then True); other sinks return nothing of use.
+    as dead letters (``returns_failed_rows`` is then True); other sinks return nothing of use. The ``bigquery_*``
+    arguments are WriteToBigQueryTable's (``pipelines.options.bigquery_sink_settings`` makes them from the options).
     """
 
     def __init__(
@@ -155,6 +156,8 @@ class WriteRows(beam.PTransform):
         bigquery_write_method: str = STREAMING_INSERTS,
         bigquery_endpoint: str | None = None,
         kafka: KafkaSettings | None = None,
+        bigquery_storage_endpoint: str | None = None,
+        bigquery_exactly_once: bool = True,
     ) -> None:
         super().__init__()
         check_sink(uri)
@@ -163,7 +166,15 @@ class WriteRows(beam.PTransform):
         self._kafka = kafka
         self.returns_failed_rows = scheme_of(uri) == BIGQUERY
         self._bigquery = (
-            WriteToBigQueryTable(uri, table_kind, bigquery_write_method, streaming, bigquery_endpoint)
+            WriteToBigQueryTable(
+                uri,
+                table_kind,
+                bigquery_write_method,
+                streaming,
+                bigquery_endpoint,
+                bigquery_storage_endpoint,
+                bigquery_exactly_once,
+            )
             if self.returns_failed_rows
             else None
         )

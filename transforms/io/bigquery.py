@@ -1,18 +1,24 @@
 """BigQuery sink: aggregates or dead letters into a provisioned table, refused rows back as dead letters.
 
 ``bigquery://PROJECT.DATASET.TABLE`` names the table. Tables are created ahead by ``python -m pipelines.provision``
-(partitioning, clustering, the final-pane view); the sink never creates or alters one (``CREATE_NEVER``) and only
-appends (``WRITE_APPEND``). Rows go through Beam's ``WriteToBigQuery`` with ``STREAMING_INSERTS``
-(``tabledata.insertAll``, pure Python). Rows BigQuery refuses come back from the transform as dead letters
-(``stage=write``, ``error_code=write_rejected``, BigQuery's error text, the row as JSON in ``payload``); transient
-errors are retried by Beam.
+(partitioning, clustering, the final-pane view); the sink never creates or alters one and only appends. Two write
+methods (``--bigquery_write_method``):
 
-Endpoint: Google's by default, with the job's credentials, exactly as Beam builds its clients. When
-``--bigquery_endpoint`` or ``BIGQUERY_EMULATOR_HOST`` names an emulator, Beam gets, through ``WriteToBigQuery``'s
-``test_client`` hook, a google-cloud-bigquery client bound to that endpoint with anonymous credentials. With
-``CREATE_NEVER`` and ``STREAMING_INSERTS`` the only BigQuery call Beam makes is that client's ``insert_rows_json``,
-the same call it makes in production: the code path differs by endpoint and credentials only. See
-docs/connectors-bigquery.md.
+- ``STREAMING_INSERTS``: Beam's ``WriteToBigQuery`` (``tabledata.insertAll``, pure Python), at-least-once with
+  best-effort ``insertId`` de-duplication.
+- ``STORAGE_WRITE_API``: ``transforms/io/bigquery_storage.py`` (``AppendRows`` over gRPC from Python), exactly-once on
+  runners that retry bundles with stable input, at-least-once elsewhere.
+
+Rows BigQuery refuses come back from the transform as dead letters (``stage=write``, ``error_code=write_rejected``,
+BigQuery's error text, the row as JSON in ``payload``) through one conversion for both methods; transient errors
+are retried.
+
+Endpoint: Google's by default, with the job's credentials. When ``--bigquery_endpoint`` or ``BIGQUERY_EMULATOR_HOST``
+names an emulator, Beam gets, through ``WriteToBigQuery``'s ``test_client`` hook, a google-cloud-bigquery client
+bound to that endpoint with anonymous credentials; with ``CREATE_NEVER`` and ``STREAMING_INSERTS`` the only
+BigQuery call Beam makes is that client's ``insert_rows_json``, the same call it makes in production. The Storage
+Write API is gRPC on its own address: ``--bigquery_storage_endpoint`` or ``BIGQUERY_EMULATOR_GRPC_HOST`` (an
+emulator, plaintext and anonymous), else Google's. See docs/connectors-bigquery.md.
 """
 
 from __future__ import annotations
@@ -36,28 +42,25 @@ from google.cloud import bigquery
 
 from schemas import AGGREGATES_TABLE, DEAD_LETTER_TABLE, bigquery_schema
 from transforms import dead_letter as dl
+from transforms.io.bigquery_storage import WriteToBigQueryStorage, json_text
 from transforms.io.gcp import PROJECT_ID
 from transforms.parse import METRICS_NAMESPACE
 
 SCHEME = "bigquery"
 EMULATOR_HOST_ENV = "BIGQUERY_EMULATOR_HOST"
+STORAGE_EMULATOR_HOST_ENV = "BIGQUERY_EMULATOR_GRPC_HOST"
 TABLE_KINDS = (AGGREGATES_TABLE, DEAD_LETTER_TABLE)
 
 STREAMING_INSERTS = "STREAMING_INSERTS"
 STORAGE_WRITE_API = "STORAGE_WRITE_API"
 FILE_LOADS = "FILE_LOADS"
-WRITE_METHODS = (STREAMING_INSERTS,)  # what this build supports
+WRITE_METHODS = (STREAMING_INSERTS, STORAGE_WRITE_API)  # what this build supports
 
 _UNSUPPORTED_METHODS = {
-    STORAGE_WRITE_API: (
-        "not supported yet: Beam Python runs it as a cross-language Java transform (expansion service jar, Java, "
-        "and a runner that executes Java transforms; the local direct runner engines cannot), its row conversion "
-        "has no BigQuery JSON type (dead_letter.source_metadata), and the emulator path would need the Java "
-        "client pointed at a non-Google endpoint. Use STREAMING_INSERTS"
-    ),
     FILE_LOADS: (
         "not supported: load jobs stage files in a GCS bucket and run through Beam's apitools client, whose base "
-        "URL is fixed to Google's endpoint; aggregates arrive as a stream of panes anyway. Use STREAMING_INSERTS"
+        "URL is fixed to Google's endpoint; aggregates arrive as a stream of panes anyway. Use STREAMING_INSERTS or "
+        "STORAGE_WRITE_API"
     ),
 }
 
@@ -206,6 +209,44 @@ def resolve_endpoint(explicit: str | None = None) -> str | None:
     return None
 
 
+_GRPC_ADDRESS = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})")
+
+
+def normalize_storage_endpoint(value: str, name: str = "--bigquery_storage_endpoint") -> str:
+    """``HOST:PORT`` of a BigQuery emulator's Storage API (gRPC, plaintext); ValueError otherwise."""
+    text = value.strip()
+    match = _GRPC_ADDRESS.fullmatch(text)
+    if match is None or not 1 <= int(match["port"]) <= 65535:
+        raise ValueError(f"{name} must be HOST:PORT of a BigQuery emulator's Storage API (gRPC), got {value!r}")
+    host = match["host"].lower()
+    if host == "googleapis.com" or host.endswith(".googleapis.com"):
+        raise ValueError(
+            f"{name}={value!r} is Google's own endpoint; leave it (and {STORAGE_EMULATOR_HOST_ENV}) unset to write "
+            "to BigQuery with the job's credentials"
+        )
+    return text
+
+
+def resolve_storage_endpoint(explicit: str | None, rest_endpoint: str | None) -> str | None:
+    """The Storage Write API emulator address: ``explicit``, else ``BIGQUERY_EMULATOR_GRPC_HOST``, else None (Google).
+
+    ``rest_endpoint`` is the resolved REST emulator endpoint: an emulator there and Google's Storage API would split
+    one sink between two services, so that combination is refused.
+    """
+    if explicit and explicit.strip():
+        endpoint = normalize_storage_endpoint(explicit)
+    else:
+        from_env = os.environ.get(STORAGE_EMULATOR_HOST_ENV, "").strip()
+        endpoint = normalize_storage_endpoint(from_env, STORAGE_EMULATOR_HOST_ENV) if from_env else None
+    if rest_endpoint and not endpoint:
+        raise ValueError(
+            f"--bigquery_storage_endpoint: STORAGE_WRITE_API with a BigQuery emulator ({rest_endpoint}) needs the "
+            f"emulator's Storage API gRPC address too (HOST:PORT, or {STORAGE_EMULATOR_HOST_ENV}); local-bigquery "
+            "serves it on its --grpc-port"
+        )
+    return endpoint
+
+
 class EmulatorBigQueryClient(bigquery.Client):
     """The official google-cloud-bigquery client, bound to an emulator endpoint with anonymous credentials.
 
@@ -246,7 +287,7 @@ def to_insert_row(row: dict[str, Any], json_fields: tuple[str, ...]) -> dict[str
     for name in json_fields:
         value = out.get(name)
         if value is not None:
-            out[name] = orjson.dumps(value).decode("utf-8")
+            out[name] = json_text(value)
     return out
 
 
@@ -261,8 +302,18 @@ def _errors_of(errors: Any) -> list[dict[str, str]]:
     ] or [{"reason": "unknown", "location": "", "message": repr(errors)}]
 
 
-def rejected_row_dead_letter(destination: str, row: dict[str, Any], errors: Any, sink_uri: str) -> dict[str, Any]:
-    """The dead letter for a row BigQuery refused: BigQuery's error text, the row as sent (JSON) as payload."""
+def _table_id(destination: Any) -> str:
+    """``PROJECT.DATASET.TABLE`` for Beam's legacy ``PROJECT:DATASET.TABLE`` too (one spelling in dead letters)."""
+    text = str(destination)
+    project, colon, rest = text.rpartition(":")
+    return f"{project}.{rest}" if colon and rest.count(".") == 1 else text
+
+
+def rejected_row_dead_letter(destination: Any, row: dict[str, Any], errors: Any, sink_uri: str) -> dict[str, Any]:
+    """The dead letter for a row BigQuery refused: BigQuery's error text, the row as sent (JSON) as payload.
+
+    Both write methods produce ``(destination, row, errors)``; errors are BigQuery's (reason, location, message).
+    """
     errs = _errors_of(errors)
     text = "; ".join(f"{e['reason']}: {e['message']}" + (f" ({e['location']})" if e["location"] else "") for e in errs)
     location = next((e["location"] for e in errs if e["location"]), None)
@@ -271,7 +322,7 @@ def rejected_row_dead_letter(destination: str, row: dict[str, Any], errors: Any,
         dl.Rejection(dl.WRITE_REJECTED, location, f"BigQuery refused the row: {text}"[:4000]),
         orjson.dumps(row),
         sink_uri,
-        {"table": str(destination), "errors": errs},
+        {"table": _table_id(destination), "errors": errs},
         dl.STAGE_WRITE,
     )
 
@@ -292,8 +343,11 @@ class WriteToBigQueryTable(beam.PTransform):
 
     ``table_kind`` is ``aggregates`` or ``dead_letter`` (the schema in ``schemas/``). ``endpoint`` is the
     ``--bigquery_endpoint`` value; when it and ``BIGQUERY_EMULATOR_HOST`` are unset, Beam's own Google clients
-    and the job's credentials are used. ``streaming`` says whether the pipeline is a streaming one; the write is
-    the same either way (fixed sharding through a global-window reshuffle, see docs/connectors-bigquery.md).
+    and the job's credentials are used. ``storage_endpoint`` (``--bigquery_storage_endpoint``, else
+    ``BIGQUERY_EMULATOR_GRPC_HOST``) is the Storage Write API's address for ``STORAGE_WRITE_API``, and
+    ``exactly_once`` chooses its delivery (application-created streams with offsets, or the ``_default`` stream):
+    see docs/connectors-bigquery.md. ``streaming`` says whether the pipeline is a streaming one; the write is the
+    same either way.
     """
 
     def __init__(
@@ -303,6 +357,8 @@ class WriteToBigQueryTable(beam.PTransform):
         write_method: str = STREAMING_INSERTS,
         streaming: bool = False,
         endpoint: str | None = None,
+        storage_endpoint: str | None = None,
+        exactly_once: bool = True,
     ) -> None:
         super().__init__()
         if table_kind not in TABLE_KINDS:
@@ -312,7 +368,23 @@ class WriteToBigQueryTable(beam.PTransform):
         self._method = check_write_method(write_method)
         self._streaming = streaming
         self._endpoint = resolve_endpoint(endpoint)
-        if self._endpoint:
+        self._storage_endpoint = None
+        self._exactly_once = exactly_once
+        if self._method == STORAGE_WRITE_API:
+            self._storage_endpoint = resolve_storage_endpoint(storage_endpoint, self._endpoint)
+            if not exactly_once:
+                _LOG.warning(
+                    "BigQuery sink %s: STORAGE_WRITE_API at-least-once (the _default stream): this runner does not "
+                    "retry bundles with stable input, so application-created streams with offsets cannot dedupe",
+                    self._ref.table_id,
+                )
+            if self._storage_endpoint:
+                _LOG.warning(
+                    "BigQuery sink %s: Storage Write API emulator at %s, anonymous credentials",
+                    self._ref.table_id,
+                    self._storage_endpoint,
+                )
+        elif self._endpoint:
             _LOG.warning("BigQuery sink %s: emulator at %s, anonymous credentials", self._ref.table_id, self._endpoint)
 
     @property
@@ -323,15 +395,43 @@ class WriteToBigQueryTable(beam.PTransform):
     def endpoint(self) -> str | None:
         return self._endpoint
 
+    @property
+    def storage_endpoint(self) -> str | None:
+        return self._storage_endpoint
+
     def expand(self, rows):
-        ref, uri = self._ref, self._ref.uri
+        # Beam's insertAll write reshuffles rows through a GroupByKey that keeps each element's window but not the
+        # allowed lateness of its windowing: on the direct runner rows of LATE panes were dropped there as late data
+        # (48 of 1402 rows of the demo). In the global window nothing is ever late; the Storage Write path batches
+        # per shard in the global window too.
+        in_global_window = rows | "GlobalWindowIn" >> beam.WindowInto(GlobalWindows())
+        if self._method == STORAGE_WRITE_API:
+            ref = self._ref
+            write = WriteToBigQueryStorage(
+                ref.project,
+                ref.dataset,
+                ref.table,
+                self._kind,
+                self._storage_endpoint,
+                exactly_once=self._exactly_once,
+                streaming=self._streaming,
+            )
+            refused = in_global_window | "StorageWrite" >> write
+        else:
+            refused = self._streaming_inserts(in_global_window)
+        uri = self._ref.uri
+        return (
+            refused
+            | "RejectedToDeadLetter" >> beam.Map(lambda failed: rejected_row_dead_letter(*failed, sink_uri=uri))
+            | "GlobalWindowOut" >> beam.WindowInto(GlobalWindows())
+        )
+
+    def _streaming_inserts(self, rows):
+        """``(destination, row, errors)`` of the rows insertAll refused."""
+        ref = self._ref
         client = EmulatorBigQueryClient(ref.project, self._endpoint) if self._endpoint else None
         result = (
             rows
-            # Beam's write reshuffles rows through a GroupByKey that keeps each element's window but not the
-            # allowed lateness of its windowing: on the direct runner rows of LATE panes were dropped there as late
-            # data (48 of 1402 rows of the demo). In the global window nothing is ever late.
-            | "GlobalWindowIn" >> beam.WindowInto(GlobalWindows())
             | "ToInsertRow" >> beam.Map(to_insert_row, json_columns(self._kind))
             | "Write"
             >> WriteToBigQuery(
@@ -347,8 +447,4 @@ class WriteToBigQueryTable(beam.PTransform):
                 test_client=client,
             )
         )
-        return (
-            result.failed_rows_with_errors
-            | "RejectedToDeadLetter" >> beam.Map(lambda failed: rejected_row_dead_letter(*failed, sink_uri=uri))
-            | "GlobalWindowOut" >> beam.WindowInto(GlobalWindows())
-        )
+        return result.failed_rows_with_errors

@@ -168,7 +168,10 @@ class ReadKafkaRecords(beam.PTransform):
             "start_read_time": None,
             "max_num_records": None,
             "max_read_time": None,
-            "commit_offset_in_finalize": False,
+            # Offsets go back to the consumer group once the runner has checkpointed the records read (bundle
+            # finalization; on Flink: a completed checkpoint): a restarted job with the same group continues where
+            # this one stopped.
+            "commit_offset_in_finalize": True,
             # The record's own timestamp (producer create time, or the broker's log-append time when the topic is
             # configured so): the arrival time the too-late filter judges by, the same on every runner.
             "timestamp_policy": ReadFromKafka.create_time_policy,
