@@ -35,11 +35,11 @@ def kafka_settings(options: PipelineOptions) -> KafkaSettings | None:
     opts = options.view_as(AnalyticsOptions)
     if not any(is_cross_language(uri) for uri in (opts.source, opts.sink, opts.dead_letter_sink)):
         return None
-    from pipelines.jars import kafka_expansion_service  # fetches the jars on first use (mvn, cached)
+    from pipelines.runners import kafka_expansion_service  # fetches the jars on first use (mvn, cached)
 
     security = kafka_security_settings(options).client_config()  # TLS/SASL; secrets only as ${env:...} references
     return KafkaSettings(
-        opts.kafka_consumer_group, opts.kafka_start_offset, kafka_expansion_service(), tuple(security.items())
+        opts.kafka_consumer_group, opts.kafka_start_offset, kafka_expansion_service(options), tuple(security.items())
     )
 
 

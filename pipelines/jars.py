@@ -1,21 +1,31 @@
-"""Java pieces for cross-language transforms (Kafka), fetched from Maven Central into ``.cache/`` by code.
+"""Java pieces fetched from Maven Central into ``.cache/`` by code: cross-language KafkaIO and the Flink job server.
 
-Beam's own download path (``BeamJarExpansionService`` -> ``~/.apache_beam/cache/jars``) is never used: it fetches
-``beam-sdks-java-io-expansion-service`` over plain HTTP at pipeline construction time. Instead:
+Beam's own download paths are never used: ``BeamJarExpansionService`` would fetch
+``beam-sdks-java-io-expansion-service`` over plain HTTP at pipeline construction time, and ``FlinkRunner`` would fetch
+``beam-runners-flink-<v>-job-server``. Instead each ``JavaSet`` below is a generated pom that
+``mvn dependency:copy-dependencies`` resolves into ``.cache/<name>/lib`` once (stamp + file lock; idempotent), plus
+small local files written there:
 
-- ``ensure_java_lib()`` runs ``mvn dependency:copy-dependencies`` on a generated pom (Beam's Java expansion
-  service + KafkaIO + the Java SDK harness, ``BEAM_JAVA_VERSION``) into ``.cache/beam-java/lib`` once (stamp +
-  file lock; idempotent), and writes two small local files there: ``expansion-service.jar`` (a manifest-only jar
-  whose ``Class-Path`` is the lib directory, ``Main-Class`` Beam's ``ExpansionService``) and ``java-boot`` (the
-  command a runner starts for a Java SDK worker, see ``java_boot``).
-- ``kafka_expansion_service()`` is what ``ReadFromKafka``/``WriteToKafka`` get as ``expansion_service``: Beam starts
-  that jar as a subprocess, and the Java transforms it expands run in a PROCESS environment (``java-boot``), so no
-  Docker is needed on the runner's machine.
+- manifest-only launcher jars (``Main-Class`` = a Beam entry point, ``Class-Path`` = every jar of the lib directory),
+  so ``java -jar`` and Beam's ``JavaJarExpansionService`` take them like Beam's shaded jars; where one real jar is
+  better (the Flink job server: a job submitted to a cluster uploads the job server's classpath), the same mvn run
+  shades the whole classpath into one jar with maven-shade-plugin, as Beam's own build does;
+- ``java-boot``: the command a runner starts for a Java SDK worker in a PROCESS environment (``pipelines/boot.py``),
+  so no Docker is needed on the runner's machine.
 
-Why not ``org.apache.beam:beam-sdks-java-io-expansion-service:2.77.0``: the registry reachable here serves neither
-it nor any Beam Java 2.77.0 artifact, and no version of the prebuilt (shaded) expansion-service or Flink job-server
-jars; Beam's Java modules resolve up to 2.73.0 (2.76.0 misses dependencies). The expansion protocol and the Fn API
-are stable across these versions: a 2.73 Java worker next to the 2.77 Python SDK is what this module sets up.
+Two sets, because the registry reachable here serves only some Beam Java releases:
+
+- ``KAFKA_JAVA`` (``.cache/beam-java``, Beam Java **2.73.0**, the newest whose modules all resolve; no 2.77.0
+  artifact is served): the Kafka expansion service and Java worker for Prism.
+- ``FLINK_JAVA`` (``.cache/beam-flink``, Beam Java **2.56.0** with Flink **1.16**): no ``beam-runners-flink-*``
+  job-server jar is served at any version, and the plain runner module is served only for Flink 1.16 (2.50, 2.56,
+  2.59 tried). Its ``FlinkJobServerDriver`` is the job server; the same classpath is the Kafka expansion service and
+  the Java worker of Flink pipelines. KafkaIO runs there as a runner-native read (``use_deprecated_read``: Flink
+  checkpoints the reader's offsets), and that needs the expansion service at the runner's own Beam version (the
+  source is Java-serialized into the pipeline and deserialized by the runner).
+
+The expansion protocol and the Fn API are stable across these versions: a 2.73 (Prism) or 2.56 (Flink) Java side next
+to the 2.77 Python SDK is what this module sets up, and the integration tests prove both.
 """
 
 from __future__ import annotations
@@ -29,100 +39,246 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("SERVICES_CACHE_DIR", REPO_ROOT / ".cache")).resolve()
 MAVEN_REPO = CACHE_DIR / "m2"
-JAVA_DIR = CACHE_DIR / "beam-java"
-JAVA_LIB = JAVA_DIR / "lib"
-EXPANSION_JAR = JAVA_LIB / "expansion-service.jar"
-JAVA_BOOT = JAVA_DIR / "java-boot"
 
 # The newest Beam Java release whose modules the reachable Maven Central serves with all their dependencies.
 BEAM_JAVA_VERSION = "2.73.0"
+# The Beam release of the Flink runner (beam-runners-flink-1.16), and the Flink it is built for.
+BEAM_FLINK_VERSION = "2.56.0"
+FLINK_VERSION = "1.16"
 KAFKA_CLIENTS_VERSION = "3.9.1"
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+SHADE_PLUGIN_VERSION = "3.6.0"
 EXPANSION_MAIN = "org.apache.beam.sdk.expansion.service.ExpansionService"
-HARNESS_MAIN = "org.apache.beam.fn.harness.FnHarness"
-JAVA_WORKER_HEAP = os.environ.get("BEAM_JAVA_WORKER_HEAP", "768m")
-# How KafkaIO expands its read (see kafka_expansion_service).
+FLINK_JOB_SERVER_MAIN = "org.apache.beam.runners.flink.FlinkJobServerDriver"
+EXPANSION_JAR = "expansion-service.jar"
+FLINK_JOB_SERVER_JAR = "flink-job-server.jar"
+# Flink 1.16 predates Java 17 support: its RPC, Kryo serializers and closure cleaner reach into JDK internals, which
+# Java 17 allows only for opened/exported packages (the list Flink 1.18 ships for Java 17). A manifest's Add-Opens and
+# Add-Exports apply to `java -jar`, so the job server needs no JVM flags; services/flink.py gives the cluster the same.
+JAVA_17_OPENS = tuple(
+    f"java.base/{package}"
+    for package in (
+        "java.lang",
+        "java.lang.reflect",
+        "java.io",
+        "java.net",
+        "java.nio",
+        "sun.nio.ch",
+        "java.text",
+        "java.time",
+        "java.util",
+        "java.util.concurrent",
+        "java.util.concurrent.atomic",
+        "java.util.concurrent.locks",
+    )
+)
+JAVA_17_EXPORTS = ("java.base/sun.net.util", "java.rmi/sun.rmi.registry", "java.security.jgss/sun.security.krb5")
+# How KafkaIO expands its read for Prism (see kafka_expansion_service); Flink reads natively (pipelines/runners.py).
 KAFKA_READ_EXPERIMENT = "use_unbounded_sdf_wrapper"
 
-_POM = """\
-<?xml version="1.0" encoding="UTF-8"?>
-<!-- Generated by pipelines/jars.py: the classpath of the Kafka expansion service and the Java SDK worker. -->
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>local.realtime-analytics</groupId>
-  <artifactId>beam-java-kafka</artifactId>
-  <version>1</version>
-  <packaging>pom</packaging>
-  <dependencies>
-    <dependency>
-      <groupId>org.apache.beam</groupId>
-      <artifactId>beam-sdks-java-expansion-service</artifactId>
-      <version>{beam}</version>
-    </dependency>
-    <dependency>
-      <groupId>org.apache.beam</groupId>
-      <artifactId>beam-sdks-java-harness</artifactId>
-      <version>{beam}</version>
-    </dependency>
-    <dependency>
-      <groupId>org.apache.beam</groupId>
-      <artifactId>beam-sdks-java-io-kafka</artifactId>
-      <version>{beam}</version>
-      <exclusions>
-        <!-- Confluent's schema-registry serializers live in Confluent's own repository (not reachable);
-             the pipeline reads raw bytes and decodes the Confluent wire format itself. -->
-        <exclusion><groupId>io.confluent</groupId><artifactId>*</artifactId></exclusion>
-      </exclusions>
-    </dependency>
-    <dependency>
-      <groupId>org.apache.kafka</groupId>
-      <artifactId>kafka-clients</artifactId>
-      <version>{kafka}</version>
-    </dependency>
-    <!-- The Java SDK harness measures cache sizes with jamm (the container ships it as an agent). -->
-    <dependency>
-      <groupId>com.github.jbellis</groupId>
-      <artifactId>jamm</artifactId>
-      <version>0.4.0</version>
-    </dependency>
-    <dependency>
-      <groupId>org.slf4j</groupId>
-      <artifactId>slf4j-simple</artifactId>
-      <version>2.0.16</version>
-    </dependency>
-  </dependencies>
-</project>
+
+def _dependency(coordinates: str, exclude: str | None = None) -> str:
+    group, artifact, version = coordinates.split(":")
+    exclusion = ""
+    if exclude:
+        exclusion = (
+            f"<exclusions><exclusion><groupId>{exclude}</groupId><artifactId>*</artifactId></exclusion></exclusions>"
+        )
+    return (
+        f"<dependency><groupId>{group}</groupId><artifactId>{artifact}</artifactId><version>{version}</version>"
+        f"{exclusion}</dependency>"
+    )
+
+
+@dataclass(frozen=True)
+class JavaSet:
+    """One Java classpath fetched by mvn into ``.cache/<name>/lib``, with its launcher jars and ``java-boot``."""
+
+    name: str
+    purpose: str
+    dependencies: tuple[str, ...]  # GROUP:ARTIFACT:VERSION each
+    required: str  # a jar name glob that proves the copy is complete
+    launchers: Mapping[str, str] = field(default_factory=dict)  # jar file name -> Main-Class
+    excluded: Mapping[str, str] = field(default_factory=dict)  # artifact coordinates -> groupId to exclude
+    # (jar file name, Main-Class): the whole classpath as one self-contained jar, built by maven-shade-plugin next to
+    # lib/ (not in it: the Java worker's classpath is lib/*).
+    shaded: tuple[str, str] | None = None
+
+    @property
+    def directory(self) -> Path:
+        return CACHE_DIR / self.name
+
+    @property
+    def lib(self) -> Path:
+        return self.directory / "lib"
+
+    @property
+    def boot(self) -> Path:
+        return self.directory / "java-boot"
+
+    def launcher(self, jar: str) -> Path:
+        return self.lib / jar
+
+    def pom(self) -> str:
+        dependencies = "\n    ".join(_dependency(c, self.excluded.get(c)) for c in self.dependencies)
+        return (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f"<!-- Generated by pipelines/jars.py: {self.purpose}. -->\n"
+            '<project xmlns="http://maven.apache.org/POM/4.0.0">\n'
+            "  <modelVersion>4.0.0</modelVersion>\n"
+            "  <groupId>local.realtime-analytics</groupId>\n"
+            f"  <artifactId>{self.name}</artifactId>\n"
+            "  <version>1</version>\n"
+            f"  <packaging>{'jar' if self.shaded else 'pom'}</packaging>\n"
+            "  <properties><project.build.sourceEncoding>UTF-8</project.build.sourceEncoding></properties>\n"
+            f"  <dependencies>\n    {dependencies}\n  </dependencies>\n"
+            f"{self._shade_build()}"
+            "</project>\n"
+        )
+
+    def _shade_build(self) -> str:
+        if self.shaded is None:
+            return ""
+        jar, main = self.shaded
+        return f"""\
+  <build>
+    <finalName>{jar.removesuffix(".jar")}</finalName>
+    <plugins>
+      <plugin>
+        <groupId>org.apache.maven.plugins</groupId>
+        <artifactId>maven-shade-plugin</artifactId>
+        <version>{SHADE_PLUGIN_VERSION}</version>
+        <executions>
+          <execution>
+            <phase>package</phase>
+            <goals><goal>shade</goal></goals>
+            <configuration>
+              <createDependencyReducedPom>false</createDependencyReducedPom>
+              <filters>
+                <filter>
+                  <artifact>*:*</artifact>
+                  <excludes>
+                    <exclude>META-INF/*.SF</exclude>
+                    <exclude>META-INF/*.DSA</exclude>
+                    <exclude>META-INF/*.RSA</exclude>
+                  </excludes>
+                </filter>
+              </filters>
+              <transformers>
+                <!-- Beam finds runners, coders, file systems and translators through ServiceLoader. -->
+                <transformer implementation="org.apache.maven.plugins.shade.resource.ServicesResourceTransformer"/>
+                <transformer implementation="org.apache.maven.plugins.shade.resource.ManifestResourceTransformer">
+                  <mainClass>{main}</mainClass>
+                  <manifestEntries>
+                    <Add-Opens>{" ".join(JAVA_17_OPENS)}</Add-Opens>
+                    <Add-Exports>{" ".join(JAVA_17_EXPORTS)}</Add-Exports>
+                  </manifestEntries>
+                </transformer>
+              </transformers>
+            </configuration>
+          </execution>
+        </executions>
+      </plugin>
+    </plugins>
+  </build>
 """
 
-_BOOT = """\
-#!/bin/sh
-# Generated by pipelines/jars.py: starts a Beam Java SDK worker (a runner's PROCESS environment command).
-PYTHONPATH={root}${{PYTHONPATH:+:$PYTHONPATH}} exec {python} -m pipelines.jars java-boot "$@"
-"""
+    @property
+    def shaded_jar(self) -> Path | None:
+        return self.directory / self.shaded[0] if self.shaded else None
+
+    def boot_script(self) -> str:
+        return (
+            "#!/bin/sh\n"
+            "# Generated by pipelines/jars.py: starts a Beam Java SDK worker (a PROCESS environment's command).\n"
+            f"PYTHONPATH={REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}} exec {sys.executable} -m pipelines.boot java "
+            f'{self.name} "$@"\n'
+        )
+
+
+# Confluent's schema-registry serializers live in Confluent's own repository (not reachable); the pipeline reads raw
+# bytes and decodes the Confluent wire format itself.
+_NO_CONFLUENT = "io.confluent"
+_COMMON = (
+    f"org.apache.kafka:kafka-clients:{KAFKA_CLIENTS_VERSION}",
+    # The Java SDK harness measures cache sizes with jamm (the container ships it as an agent).
+    "com.github.jbellis:jamm:0.4.0",
+)
+
+KAFKA_JAVA = JavaSet(
+    name="beam-java",
+    purpose="the classpath of the Kafka expansion service and the Java SDK worker (Prism)",
+    dependencies=(
+        f"org.apache.beam:beam-sdks-java-expansion-service:{BEAM_JAVA_VERSION}",
+        f"org.apache.beam:beam-sdks-java-harness:{BEAM_JAVA_VERSION}",
+        f"org.apache.beam:beam-sdks-java-io-kafka:{BEAM_JAVA_VERSION}",
+        *_COMMON,
+        "org.slf4j:slf4j-simple:2.0.16",
+    ),
+    excluded={f"org.apache.beam:beam-sdks-java-io-kafka:{BEAM_JAVA_VERSION}": _NO_CONFLUENT},
+    required="beam-sdks-java-io-kafka-*.jar",
+    launchers={EXPANSION_JAR: EXPANSION_MAIN},
+)
+
+FLINK_JAVA = JavaSet(
+    name="beam-flink",
+    purpose=f"Beam's Flink {FLINK_VERSION} job server, plus the Kafka expansion service and Java worker of Flink jobs",
+    dependencies=(
+        f"org.apache.beam:beam-runners-flink-{FLINK_VERSION}:{BEAM_FLINK_VERSION}",
+        f"org.apache.beam:beam-runners-java-job-service:{BEAM_FLINK_VERSION}",
+        f"org.apache.beam:beam-sdks-java-expansion-service:{BEAM_FLINK_VERSION}",
+        f"org.apache.beam:beam-sdks-java-harness:{BEAM_FLINK_VERSION}",
+        f"org.apache.beam:beam-sdks-java-io-kafka:{BEAM_FLINK_VERSION}",
+        # --state_backend=rocksdb on the embedded Flink ([local]); a Flink distribution has it in flink-dist.
+        "org.apache.flink:flink-statebackend-rocksdb:1.16.0",
+        *_COMMON,
+        # The slf4j 1.7 binding matching the runner's slf4j-api (without one, the job server logs nothing).
+        "org.slf4j:slf4j-simple:1.7.30",
+    ),
+    excluded={f"org.apache.beam:beam-sdks-java-io-kafka:{BEAM_FLINK_VERSION}": _NO_CONFLUENT},
+    required=f"beam-runners-flink-{FLINK_VERSION}-*.jar",
+    launchers={EXPANSION_JAR: EXPANSION_MAIN},
+    # A real jar, not a manifest launcher: a job submitted to a cluster uploads the job server's classpath, and one
+    # file instead of ~190 takes that from ~20 s to ~7 s here. Beam's own job-server jar is built the same way.
+    shaded=(FLINK_JOB_SERVER_JAR, FLINK_JOB_SERVER_MAIN),
+)
+
+JAVA_SETS = {java.name: java for java in (KAFKA_JAVA, FLINK_JAVA)}
+
+# Kept for callers of the single-set API.
+JAVA_DIR = KAFKA_JAVA.directory
+JAVA_LIB = KAFKA_JAVA.lib
+JAVA_BOOT = KAFKA_JAVA.boot
 
 
 class JarError(RuntimeError):
     """The Java pieces could not be installed; the message names the command and its log."""
 
 
-def _pom_text() -> str:
-    return _POM.format(beam=BEAM_JAVA_VERSION, kafka=KAFKA_CLIENTS_VERSION)
+def java_set(name: str) -> JavaSet:
+    try:
+        return JAVA_SETS[name]
+    except KeyError:
+        raise JarError(f"unknown Java set {name!r}; known: {', '.join(JAVA_SETS)}") from None
 
 
-def _fingerprint() -> str:
-    return hashlib.sha256((_pom_text() + _BOOT + sys.executable + str(REPO_ROOT)).encode()).hexdigest()
+def _fingerprint(java: JavaSet) -> str:
+    jdk = " ".join(JAVA_17_OPENS + JAVA_17_EXPORTS)
+    text = java.pom() + java.boot_script() + json.dumps(dict(java.launchers)) + jdk
+    return hashlib.sha256((text + str(REPO_ROOT)).encode()).hexdigest()
 
 
 @contextlib.contextmanager
-def _locked() -> Iterator[None]:
-    JAVA_DIR.mkdir(parents=True, exist_ok=True)
-    with (JAVA_DIR.parent / "beam-java.lock").open("w") as handle:
+def _locked(name: str = KAFKA_JAVA.name) -> Iterator[None]:
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with (CACHE_DIR / f"{name}.lock").open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -130,43 +286,49 @@ def _locked() -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _write_manifest_jar(lib: Path) -> None:
-    """A jar with only a manifest: Main-Class = the expansion service, Class-Path = every jar of ``lib``."""
-    jars = sorted(p.name for p in lib.glob("*.jar") if p.name != EXPANSION_JAR.name)
-    manifest = (
-        "Manifest-Version: 1.0\n"
-        f"Main-Class: {EXPANSION_MAIN}\n"
-        # One entry per continuation line keeps every line under the manifest's 72-byte limit.
-        "Class-Path: " + "\n  ".join(jars) + "\n"
-    )
-    with zipfile.ZipFile(lib / EXPANSION_JAR.name, "w") as jar:
-        jar.writestr("META-INF/MANIFEST.MF", manifest)
+def _write_launchers(java: JavaSet, lib: Path) -> None:
+    """Jars with only a manifest: Main-Class = the entry point, Class-Path = every jar of ``lib``."""
+    jars = sorted(p.name for p in lib.glob("*.jar") if p.name not in java.launchers)
+    for jar, main in java.launchers.items():
+        manifest = (
+            "Manifest-Version: 1.0\n"
+            f"Main-Class: {main}\n"
+            f"Add-Opens: {' '.join(JAVA_17_OPENS)}\n"
+            f"Add-Exports: {' '.join(JAVA_17_EXPORTS)}\n"
+            # One entry per continuation line keeps every line under the manifest's 72-byte limit.
+            "Class-Path: " + "\n  ".join(jars) + "\n"
+        )
+        with zipfile.ZipFile(lib / jar, "w") as archive:
+            archive.writestr("META-INF/MANIFEST.MF", manifest)
 
 
-def ensure_java_lib() -> Path:
-    """Fetches (once) the Java classpath into .cache/beam-java/lib; returns the manifest jar. Idempotent."""
-    stamp = JAVA_DIR / ".stamp"
-    fingerprint = _fingerprint()
+def ensure(java: JavaSet) -> Path:
+    """Fetches (once) the set's classpath into ``.cache/<name>/lib``; returns the lib directory. Idempotent."""
+    stamp = java.directory / ".stamp"
+    fingerprint = _fingerprint(java)
 
     def current() -> bool:
         try:
-            return stamp.read_text().strip() == fingerprint and EXPANSION_JAR.exists() and JAVA_BOOT.exists()
+            launchers = all(java.launcher(jar).exists() for jar in java.launchers)
+            shaded = java.shaded_jar is None or java.shaded_jar.exists()
+            return stamp.read_text().strip() == fingerprint and launchers and shaded and java.boot.exists()
         except OSError:
             return False
 
     if current():
-        return EXPANSION_JAR
-    with _locked():
+        return java.lib
+    with _locked(java.name):
         if current():
-            return EXPANSION_JAR
+            return java.lib
         mvn = shutil.which("mvn")
         if mvn is None:
-            raise JarError("'mvn' is not on PATH: it fetches Beam's Java expansion service from Maven Central")
-        pom = JAVA_DIR / "pom.xml"
-        pom.write_text(_pom_text())
-        staging = JAVA_DIR / "lib.partial"
+            raise JarError(f"'mvn' is not on PATH: it fetches {java.purpose} from Maven Central")
+        java.directory.mkdir(parents=True, exist_ok=True)
+        pom = java.directory / "pom.xml"
+        pom.write_text(java.pom())
+        staging = java.directory / "lib.partial"
         shutil.rmtree(staging, ignore_errors=True)
-        log = JAVA_DIR / "mvn.log"
+        log = java.directory / "mvn.log"
         command = [
             mvn,
             "-B",
@@ -175,29 +337,58 @@ def ensure_java_lib() -> Path:
             "-f",
             str(pom),
             f"-Dmaven.repo.local={MAVEN_REPO}",
+            *(["package"] if java.shaded else []),
             f"{DEPENDENCY_PLUGIN}:copy-dependencies",
             f"-DoutputDirectory={staging}",
             "-DincludeScope=runtime",
         ]
         with log.open("w") as out:
             code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, timeout=1200, check=False).returncode
-        if code != 0 or not any(staging.glob("beam-sdks-java-io-kafka-*.jar")):
+        if code != 0 or not any(staging.glob(java.required)):
             tail = log.read_text(errors="replace")[-2000:]
             raise JarError(f"{' '.join(command)} failed (exit {code}); log {log}:\n{tail}")
-        _write_manifest_jar(staging)
-        shutil.rmtree(JAVA_LIB, ignore_errors=True)
-        staging.rename(JAVA_LIB)
-        JAVA_BOOT.write_text(_BOOT.format(root=REPO_ROOT, python=sys.executable))
-        JAVA_BOOT.chmod(0o755)
+        _write_launchers(java, staging)
+        shutil.rmtree(java.lib, ignore_errors=True)
+        staging.rename(java.lib)
+        if java.shaded_jar is not None:
+            built = java.directory / "target" / java.shaded_jar.name
+            if not built.exists():
+                raise JarError(f"{' '.join(command)} built no {built}; log {log}")
+            built.replace(java.shaded_jar)
+            shutil.rmtree(java.directory / "target", ignore_errors=True)
+        java.boot.write_text(java.boot_script())
+        java.boot.chmod(0o755)
         stamp.write_text(fingerprint)
-    return EXPANSION_JAR
+    return java.lib
 
 
-def kafka_expansion_service():
-    """The expansion service for ReadFromKafka/WriteToKafka: the cached jars, Java workers as local processes."""
+def ensure_java_lib() -> Path:
+    """The Kafka expansion service jar for Prism (fetched once); see ``KAFKA_JAVA``."""
+    ensure(KAFKA_JAVA)
+    return KAFKA_JAVA.launcher(EXPANSION_JAR)
+
+
+def flink_job_server_jar() -> Path:
+    """Beam's Flink job server jar for ``--flink_job_server_jar`` (fetched and shaded once); see ``FLINK_JAVA``."""
+    ensure(FLINK_JAVA)
+    assert FLINK_JAVA.shaded_jar is not None
+    return FLINK_JAVA.shaded_jar
+
+
+def kafka_expansion_service(java: JavaSet = KAFKA_JAVA, experiments: tuple[str, ...] = (KAFKA_READ_EXPERIMENT,)):
+    """The expansion service for ReadFromKafka/WriteToKafka: the cached jars, Java workers as local processes.
+
+    ``experiments`` reach the Java transforms' expansion (its pipeline options are the service's command line, not
+    the Python pipeline's). The default, ``use_unbounded_sdf_wrapper``, is Prism's: KafkaIO's splittable-DoFn read
+    commits offsets through KafkaCommitOffset, which declares @RequiresStableInput (Prism refuses such pipelines) and
+    commits once per 5-minute event-time window; its UnboundedSource read, wrapped in a splittable DoFn, commits in
+    finalizeCheckpoint through bundle finalization after every checkpoint instead (docs/connectors-kafka.md). Flink
+    passes ``use_deprecated_read`` for a runner-native read.
+    """
     from apache_beam.transforms.external import JavaJarExpansionService
 
-    jar = ensure_java_lib()
+    ensure(java)
+    jar = java.launcher(EXPANSION_JAR)
     # Full argument list (not append_args): Beam adds --alsoStartLoopbackWorker when another service is cached, which
     # makes the Java transforms prefer an EXTERNAL worker inside the expansion service, gone once expansion ends.
     return JavaJarExpansionService(
@@ -206,62 +397,20 @@ def kafka_expansion_service():
             "{{PORT}}",
             f"--filesToStage={jar}",
             "--defaultEnvironmentType=PROCESS",
-            "--defaultEnvironmentConfig=" + json.dumps({"command": str(JAVA_BOOT)}),
-            # KafkaIO's splittable-DoFn read commits offsets through KafkaCommitOffset, which declares
-            # @RequiresStableInput (Prism refuses such pipelines) and commits once per 5-minute event-time window.
-            # Its UnboundedSource read, wrapped in a splittable DoFn, commits in finalizeCheckpoint through bundle
-            # finalization after every checkpoint instead. See docs/connectors-kafka.md.
-            f"--experiments={KAFKA_READ_EXPERIMENT}",
+            "--defaultEnvironmentConfig=" + json.dumps({"command": str(java.boot)}),
+            *(f"--experiments={experiment}" for experiment in experiments),
         ],
     )
 
 
-def java_boot(argv: Sequence[str]) -> None:
-    """What ``java-boot --id=ID --provision_endpoint=HOST:PORT`` does: Beam's Java container boot, minus Docker.
-
-    Asks the runner's provision service for the worker's endpoints and options, then replaces this process with
-    ``java -cp .cache/beam-java/lib/* FnHarness`` configured through the environment variables FnHarness reads.
-    Staged artifacts are not fetched: the lib directory already holds the expansion service's whole classpath.
-    """
-    import grpc
-    from apache_beam.portability.api import beam_provision_api_pb2, beam_provision_api_pb2_grpc, endpoints_pb2
-    from google.protobuf import json_format, text_format
-
-    args = dict(arg[2:].split("=", 1) for arg in argv if arg.startswith("--") and "=" in arg)
-    # Prism passes --id='ID' with the quotes inside the argument (no shell strips them).
-    worker_id, endpoint = args["id"].strip("'\""), args["provision_endpoint"]
-    with grpc.insecure_channel(endpoint) as channel:
-        stub = beam_provision_api_pb2_grpc.ProvisionServiceStub(channel)
-        info = stub.GetProvisionInfo(
-            beam_provision_api_pb2.GetProvisionInfoRequest(), metadata=[("worker_id", worker_id)], timeout=60
-        ).info
-
-    def descriptor(url: str) -> str:
-        return text_format.MessageToString(endpoints_pb2.ApiServiceDescriptor(url=url), as_one_line=True)
-
-    env = dict(os.environ)
-    env.update(
-        HARNESS_ID=worker_id,
-        PIPELINE_OPTIONS=json_format.MessageToJson(info.pipeline_options),
-        LOGGING_API_SERVICE_DESCRIPTOR=descriptor(info.logging_endpoint.url),
-        CONTROL_API_SERVICE_DESCRIPTOR=descriptor(info.control_endpoint.url),
-        RUNNER_CAPABILITIES=" ".join(info.runner_capabilities),
-    )
-    if info.status_endpoint.url:
-        env["STATUS_API_SERVICE_DESCRIPTOR"] = descriptor(info.status_endpoint.url)
-    java_home = os.environ.get("JAVA_HOME")
-    java = str(Path(java_home) / "bin" / "java") if java_home else (shutil.which("java") or "java")
-    command = [java, f"-Xmx{JAVA_WORKER_HEAP}", "-XX:+UseSerialGC"]
-    command += [f"-javaagent:{jar}" for jar in sorted(JAVA_LIB.glob("jamm-*.jar"))]
-    command += ["-cp", f"{JAVA_LIB}/*", HARNESS_MAIN]
-    os.execve(java, command, env)
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["install"]:
+        for java in [java_set(name) for name in argv[1:]] or list(JAVA_SETS.values()):
+            print(ensure(java))
+        return 0
+    print(f"usage: python -m pipelines.jars install [{' | '.join(JAVA_SETS)}]", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "java-boot":
-        java_boot(sys.argv[2:])
-    elif len(sys.argv) > 1 and sys.argv[1] == "install":
-        print(ensure_java_lib())
-    else:
-        print("usage: python -m pipelines.jars {install | java-boot --id=ID --provision_endpoint=HOST:PORT}")
-        sys.exit(2)
+    sys.exit(main(sys.argv[1:]))

@@ -7,11 +7,12 @@ derived from (or checked against) ``AnalyticsOptions``.
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.runners import is_direct, reads_pubsub, retries_with_stable_input
+from pipelines.runners import is_direct, is_flink, reads_pubsub, retries_with_stable_input
 from transforms.analytics import (
     TIMESTAMP_KAFKA,
     TIMESTAMP_PAYLOAD,
@@ -54,6 +55,40 @@ DEMO_SOURCE = (
 DEFAULT_SINK = "output/aggregates"
 DEFAULT_DEAD_LETTER_SINK = "output/dead_letter"
 
+
+# Flink runner options: Beam Java's FlinkPipelineOptions under their Python names. The portable runner sends every
+# declared option to the job server, which maps checkpointing_interval to checkpointingInterval and so on; declaring
+# them here lets the CLI know them (unknown flags are refused) and validate them at start-up.
+FLINK_GROUP = "realtime-analytics on Flink (--runner=FlinkRunner)"
+FLINK_CHECKPOINTING_MODES = ("EXACTLY_ONCE", "AT_LEAST_ONCE")
+FLINK_STATE_BACKENDS = ("filesystem", "rocksdb")
+FLINK_OPTIONS = (
+    "checkpointing_interval",
+    "checkpointing_mode",
+    "checkpoint_timeout_millis",
+    "min_pause_between_checkpoints",
+    "number_of_execution_retries",
+    "execution_retry_delay",
+    "state_backend",
+    "state_backend_storage_path",
+    "savepoint_path",
+    "max_bundle_size",
+    "max_bundle_time_mills",
+)
+_CHECKPOINTING = (
+    "checkpointing_interval",
+    "checkpointing_mode",
+    "checkpoint_timeout_millis",
+    "min_pause_between_checkpoints",
+)
+_NEEDS = {
+    "checkpointing_mode": "checkpointing_interval",
+    "checkpoint_timeout_millis": "checkpointing_interval",
+    "min_pause_between_checkpoints": "checkpointing_interval",
+    "execution_retry_delay": "number_of_execution_retries",
+    "state_backend": "state_backend_storage_path",
+    "state_backend_storage_path": "state_backend",
+}
 
 # Contract fields that are not strings, so not grouping keys.
 _NOT_KEYS = ("event_time", "value", "properties")
@@ -213,6 +248,72 @@ class AnalyticsOptions(PipelineOptions):
             help="With --pseudonymize_user_id: a reference to the HMAC key (at least 32 bytes), env:NAME or "
             "projects/P/secrets/S/versions/V (Secret Manager); resolved on each worker, never in the job graph.",
         )
+        flink = parser.add_argument_group(FLINK_GROUP)
+        flink.add_argument(
+            "--checkpointing_interval",
+            default=None,
+            help="Take a checkpoint every N milliseconds (at least 10): after a failure the job restarts from the last "
+            "one, Kafka offsets and all windows, dedup and trigger state included. Streaming only. Default: none.",
+        )
+        flink.add_argument(
+            "--checkpointing_mode",
+            default=None,
+            help="EXACTLY_ONCE (Flink's default: aligned barriers) or AT_LEAST_ONCE (no alignment, lower latency "
+            "under backpressure; the sinks are at-least-once either way). Needs --checkpointing_interval.",
+        )
+        flink.add_argument(
+            "--checkpoint_timeout_millis",
+            default=None,
+            help="Abort a checkpoint that takes longer than this many milliseconds (at least 10). Needs "
+            "--checkpointing_interval. Default: Flink's (10 minutes).",
+        )
+        flink.add_argument(
+            "--min_pause_between_checkpoints",
+            default=None,
+            help="At least this many milliseconds between the end of one checkpoint and the start of the next. "
+            "Needs --checkpointing_interval. Default: 0.",
+        )
+        flink.add_argument(
+            "--number_of_execution_retries",
+            default=None,
+            help="Restart the job at most N times after a failure, --execution_retry_delay apart. Default: the "
+            "cluster's restart strategy (with checkpointing: restarts without limit).",
+        )
+        flink.add_argument(
+            "--execution_retry_delay",
+            default=None,
+            help="Milliseconds between two restarts. Needs --number_of_execution_retries.",
+        )
+        flink.add_argument(
+            "--state_backend",
+            default=None,
+            help="Where state lives: filesystem (JVM heap) or rocksdb (local disk, for large state). Needs "
+            "--state_backend_storage_path. Default: the cluster's (embedded Flink: JVM heap).",
+        )
+        flink.add_argument(
+            "--state_backend_storage_path",
+            default=None,
+            help="Where checkpoints are written: a URI every TaskManager can reach (file:///shared/checkpoints, "
+            "hdfs://..., s3://...). Needs --state_backend.",
+        )
+        flink.add_argument(
+            "--savepoint_path",
+            default=None,
+            help="Start from this savepoint or retained checkpoint (a path or URI) instead of empty state, e.g. "
+            "after `flink stop --savepointPath` for an upgrade.",
+        )
+        flink.add_argument(
+            "--max_bundle_size",
+            default=None,
+            help="Elements a bundle takes at most before it is finished and its output flushed downstream. Smaller "
+            "means lower latency, larger more throughput. Default: Beam's (1000 streaming, 5000 batch).",
+        )
+        flink.add_argument(
+            "--max_bundle_time_mills",
+            default=None,
+            help="Milliseconds a bundle stays open at most (Beam's option name). Every fused stage holds elements up "
+            "to this long, so it adds to end-to-end latency once per stage. Default: Beam's (1000).",
+        )
 
 
 def _integer(opts: AnalyticsOptions, name: str, minimum: int, maximum: int | None = None) -> int:
@@ -314,6 +415,9 @@ def analytics_config(options: PipelineOptions) -> AnalyticsConfig:
     if is_replay(opts.source) or is_unbounded(opts.source):
         streaming = True  # a replay is a stream on a simulated clock; a broker never ends
     _check_timestamp_source(opts.timestamp_source, scheme_of(opts.source))
+    checkpointing = [name for name in flink_settings(options) if name in _CHECKPOINTING]
+    if checkpointing and not streaming:
+        raise ConfigError(f"--{checkpointing[0]} applies to streaming jobs (a batch job on Flink reruns from start)")
     return AnalyticsConfig(
         format=opts.format,
         max_payload_bytes=_integer(opts, "max_payload_bytes", 1),
@@ -374,6 +478,60 @@ def kafka_security_settings(options: PipelineOptions) -> KafkaSecurity:
     if security.protocol != PLAINTEXT and not _uses_kafka(opts):
         raise ConfigError("--kafka_security_protocol applies only to kafka:// sources and sinks")
     return security
+
+
+def flink_settings(options: PipelineOptions) -> dict[str, int | str]:
+    """The Flink options given, validated and typed the way Beam's FlinkPipelineOptions takes them (milliseconds and
+    counts as integers). Raises ConfigError naming the first bad option; with another runner they are an error (they
+    would be ignored silently)."""
+    opts = options.view_as(AnalyticsOptions)
+    given = {name: getattr(opts, name) for name in FLINK_OPTIONS if getattr(opts, name) is not None}
+    if not given:
+        return {}
+    first = next(iter(given))
+    if not is_flink(options):
+        runner = options.view_as(StandardOptions).runner or "DirectRunner"
+        raise ConfigError(f"--{first} applies only to --runner=FlinkRunner (the runner is {runner})")
+    for name in given:
+        if name in _NEEDS and _NEEDS[name] not in given:
+            raise ConfigError(f"--{name} needs --{_NEEDS[name]}")
+    settings: dict[str, int | str] = {}
+    minimum = {
+        "checkpointing_interval": 10,  # Flink's smallest checkpoint interval and timeout
+        "checkpoint_timeout_millis": 10,
+        "min_pause_between_checkpoints": 0,
+        "number_of_execution_retries": 0,
+        "execution_retry_delay": 0,
+        "max_bundle_size": 1,
+        "max_bundle_time_mills": 1,
+    }
+    for name, lowest in minimum.items():
+        if name in given:
+            settings[name] = _integer(opts, name, lowest)
+    if "checkpointing_mode" in given:
+        if opts.checkpointing_mode not in FLINK_CHECKPOINTING_MODES:
+            raise ConfigError(
+                f"--checkpointing_mode must be one of {', '.join(FLINK_CHECKPOINTING_MODES)}, "
+                f"got {opts.checkpointing_mode!r}"
+            )
+        settings["checkpointing_mode"] = opts.checkpointing_mode
+    if "state_backend" in given:
+        if opts.state_backend not in FLINK_STATE_BACKENDS:
+            raise ConfigError(
+                f"--state_backend must be one of {', '.join(FLINK_STATE_BACKENDS)}, got {opts.state_backend!r}"
+            )
+        path = opts.state_backend_storage_path.strip()
+        if not re.match(r"^[a-z][a-z0-9+.-]*://[^ ]+$|^/[^ ]*$", path):
+            raise ConfigError(
+                "--state_backend_storage_path must be a URI such as file:///data/checkpoints or hdfs://namenode/ck, "
+                f"or an absolute path, got {opts.state_backend_storage_path!r}"
+            )
+        settings["state_backend"], settings["state_backend_storage_path"] = opts.state_backend, path
+    if "savepoint_path" in given:
+        if not opts.savepoint_path.strip():
+            raise ConfigError("--savepoint_path must not be empty")
+        settings["savepoint_path"] = opts.savepoint_path.strip()
+    return settings
 
 
 def _check_timestamp_source(value: str, source_scheme: str) -> None:

@@ -9,6 +9,7 @@ for streaming (TestStream, processing-time triggers). Every other runner is left
 from __future__ import annotations
 
 import glob
+import json
 import os
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -163,13 +164,16 @@ def prism_binary() -> str:
 
 
 def fill_portable_runner_options(options: PipelineOptions) -> PipelineOptions:
-    """For ``--runner=PrismRunner`` without ``--prism_location``: points it at the cached binary (built on first use).
+    """Fills in what a portable runner needs locally and Beam would otherwise download or expect from Docker.
 
-    Also defaults ``--environment_type`` to LOOPBACK (Python workers in this process; no Docker). Other runners are
-    left alone. Returns ``options`` (changed in place).
+    ``--runner=PrismRunner`` without ``--prism_location``: the cached binary (built on first use), and
+    ``--environment_type`` LOOPBACK (Python workers in this process). ``--runner=FlinkRunner``: see
+    ``fill_flink_options``. Other runners are left alone. Returns ``options`` (changed in place).
     """
     from apache_beam.options.pipeline_options import PortableOptions, PrismRunnerOptions
 
+    if is_flink(options):
+        return fill_flink_options(options)
     if options.view_as(StandardOptions).runner not in PRISM_RUNNERS:
         return options
     prism = options.view_as(PrismRunnerOptions)
@@ -179,3 +183,50 @@ def fill_portable_runner_options(options: PipelineOptions) -> PipelineOptions:
     if not portable.environment_type:
         portable.environment_type = "LOOPBACK"
     return options
+
+
+# Beam's FlinkRunner, with Beam's Flink job server assembled from Maven Central by pipelines/jars.py (FLINK_JAVA).
+EMBEDDED_FLINK = ("[local]", "[auto]")
+
+
+def is_flink(options: PipelineOptions) -> bool:
+    """``--runner`` names Beam's FlinkRunner, spelled any way Beam accepts (FlinkRunner, flink, the class path)."""
+    runner = (options.view_as(StandardOptions).runner or "").rsplit(".", 1)[-1].lower()
+    return runner in ("flink", "flinkrunner")
+
+
+def fill_flink_options(options: PipelineOptions) -> PipelineOptions:
+    """``--runner=FlinkRunner``: the cached job server jar unless ``--flink_job_server_jar`` is given (so Beam never
+    downloads one), and Python workers without Docker: LOOPBACK (in this process) on the embedded Flink
+    (``--flink_master=[local]``), a PROCESS environment (``pipelines/boot.py``, started by the TaskManager) on a
+    cluster. An explicit ``--environment_type`` wins. The Flink options of ``AnalyticsOptions`` (checkpointing, state
+    backend, restarts) get the types the job server expects. Returns ``options`` (changed in place)."""
+    from apache_beam.options.pipeline_options import FlinkRunnerOptions, PortableOptions
+
+    from pipelines.boot import python_boot_command
+    from pipelines.jars import flink_job_server_jar
+
+    flink = options.view_as(FlinkRunnerOptions)
+    if not flink.flink_job_server_jar:
+        flink.flink_job_server_jar = str(flink_job_server_jar())
+    from pipelines.options import AnalyticsOptions, flink_settings
+
+    # Typed for the job server (Beam Java's FlinkPipelineOptions: checkpointing_interval -> checkpointingInterval).
+    for name, value in flink_settings(options).items():
+        setattr(options.view_as(AnalyticsOptions), name, value)
+    portable = options.view_as(PortableOptions)
+    if not portable.environment_type and flink.flink_master.strip() not in EMBEDDED_FLINK:
+        portable.environment_type = "PROCESS"
+        portable.environment_config = json.dumps({"command": str(python_boot_command())})
+    return options
+
+
+def kafka_expansion_service(options: PipelineOptions):
+    """The expansion service for the Kafka transforms, matching the runner's Java side (see pipelines/jars.py)."""
+    from pipelines import jars
+
+    if is_flink(options):
+        # A runner-native read: Flink runs KafkaIO's UnboundedSource itself and checkpoints its offsets. The SDF read
+        # (the default) emits nothing on the Flink runner (apache/beam#20979).
+        return jars.kafka_expansion_service(jars.FLINK_JAVA, experiments=("use_deprecated_read",))
+    return jars.kafka_expansion_service()

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.options import AnalyticsOptions
+from pipelines.options import FLINK_GROUP, AnalyticsOptions
 from transforms.analytics import TIMESTAMP_SOURCES
 from transforms.parse import FORMATS
 from transforms.windowing import WINDOW_KINDS
@@ -367,10 +367,11 @@ _NON_PORTABLE = re.compile(r"\\[dDwWsSbB]|\(\?|\[\[:|\\[pP]\{")
 
 
 def option_actions() -> list[argparse.Action]:
-    """The ``AnalyticsOptions`` arguments, in declaration order."""
+    """The ``AnalyticsOptions`` arguments in declaration order, but not Flink's (no use in a Dataflow template)."""
     parser = argparse.ArgumentParser(add_help=False)
     AnalyticsOptions._add_argparse_args(parser)
-    return [a for a in parser._actions if a.option_strings]
+    flink = {a.dest for g in parser._action_groups if g.title == FLINK_GROUP for a in g._group_actions}
+    return [a for a in parser._actions if a.option_strings and a.dest not in flink]
 
 
 def _help_text(action: argparse.Action, param: Param) -> str:

@@ -1,4 +1,4 @@
-"""Real local services for tests and development: Kafka, Pub/Sub (pstest), BigQuery (local-bigquery).
+"""Real local services for tests and development: Kafka, Flink, Pub/Sub (pstest), BigQuery (local-bigquery).
 
 Not part of the installed pipeline. Each service is a plain process on 127.0.0.1 with its own
 temp work dir; downloads and builds are cached under .cache/. Use a service as a context manager,
@@ -10,12 +10,14 @@ from __future__ import annotations
 from services._process import ServiceError
 from services._service import LocalService
 from services.bigquery import BigQueryEmulator
+from services.flink import FlinkCluster
 from services.kafka import KafkaBroker, SecureKafkaBroker
 from services.pubsub import PubSubEmulator
 
-# Order matters for `services up`: the JVM takes longest, so it starts first.
+# Order matters for `services up`: the JVMs take longest, so they start first.
 SERVICES: dict[str, type[LocalService]] = {
     KafkaBroker.name: KafkaBroker,
+    FlinkCluster.name: FlinkCluster,
     PubSubEmulator.name: PubSubEmulator,
     BigQueryEmulator.name: BigQueryEmulator,
 }
@@ -23,6 +25,7 @@ SERVICES: dict[str, type[LocalService]] = {
 __all__ = [
     "SERVICES",
     "BigQueryEmulator",
+    "FlinkCluster",
     "KafkaBroker",
     "LocalService",
     "PubSubEmulator",

@@ -1,7 +1,8 @@
 """python -m services up|down|status|env|install [NAME ...]
 
 up      install what is missing, start the services in the background on fixed ports
-        (Kafka 19092/19093, Pub/Sub 18085, BigQuery 19050 REST + 19060 gRPC) and record them
+        (Kafka 19092/19093, Flink 18081 REST + 16123 RPC, Pub/Sub 18085, BigQuery 19050 REST + 19060 gRPC)
+        and record them
         in .cache/services/state.json; prints addresses and the variables to export
 down    stop what `up` started (whole process groups) and remove their work dirs
 status  show what runs and whether a real client can use it

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import abc
 import atexit
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -178,13 +180,7 @@ class LocalService(abc.ABC):
             self.work_dir.mkdir(parents=True, exist_ok=True)
             self.prepare()
             self._command = self.command()
-            self._proc = spawn(
-                self._command,
-                log_path=self.log_path,
-                env=self.environment(),
-                cwd=self.work_dir,
-                die_with_parent=self._die_with_parent,
-            )
+            self._spawn()
         except OSError as exc:
             error = failure(self.name, f"could not start: {exc}", self._command, self._log_or_none())
             self.stop()
@@ -193,15 +189,42 @@ class LocalService(abc.ABC):
             # The error (e.g. a failed storage format) already quotes the log; drop the temp dir.
             self.stop()
             raise
-        self._pid = self._proc.pid
-        self._started_at = create_time(self._pid)
-        owner = {"pid": self._pid, "started_at": self._started_at}
-        (self.work_dir / _OWNER_FILE).write_text(json.dumps(owner))
         self.owned = True
         if self._die_with_parent:
             # Belt and braces next to PDEATHSIG: a normal interpreter exit stops it cleanly too.
             atexit.register(self.stop)
         return self
+
+    def _spawn(self) -> None:
+        """Runs ``self._command`` in the work dir and records the process (pid, start time, owner file)."""
+        self._proc = spawn(
+            self._command,
+            log_path=self.log_path,
+            env=self.environment(),
+            cwd=self.work_dir,
+            die_with_parent=self._die_with_parent,
+        )
+        self._pid = self._proc.pid
+        self._started_at = create_time(self._pid)
+        owner = {"pid": self._pid, "started_at": self._started_at}
+        (self.work_dir / _OWNER_FILE).write_text(json.dumps(owner))
+
+    def restart(self, *, crash: bool = False, down_for: float = 0.0) -> Self:
+        """Fault injection: stop the server (``crash``: SIGKILL its process group, no clean shutdown), stay down for
+        ``down_for`` seconds, then run the same command on the same ports and data again; returns once healthy.
+
+        Only for a server this object started (``owned``) with its command and work dir still in place.
+        """
+        if not self.owned or self._pid is None or not self._command:
+            raise ServiceError(f"[{self.name}] restart() needs a running server started by this object")
+        if crash:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._pid, signal.SIGKILL)
+        stop_group(self._pid, self._started_at, grace=self.stop_grace)
+        time.sleep(down_for)
+        self._launched = time.monotonic()
+        self._spawn()
+        return self.wait_healthy()
 
     def wait_healthy(self, timeout: float | None = None) -> Self:
         """Block until probe() passes; on failure stop an owned server and raise ServiceError."""

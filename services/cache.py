@@ -238,6 +238,10 @@ def bigquery_env() -> dict[str, str]:
     return dict(os.environ, HOME=str(BQ_HOME))
 
 
+def _pip_env() -> dict[str, str]:
+    return dict(os.environ, PIP_CACHE_DIR=str(PIP_CACHE), PIP_DISABLE_PIP_VERSION_CHECK="1")
+
+
 def ensure_bigquery_venv() -> Path:
     """The local-bigquery venv (.cache/bq-venv) plus its DuckDB extensions; returns its bin dir."""
     stamp = BQ_VENV / ".stamp"
@@ -253,7 +257,7 @@ def ensure_bigquery_venv() -> Path:
         # A venv cannot be moved after creation, so it is rebuilt in place; no stamp until the end.
         shutil.rmtree(BQ_VENV, ignore_errors=True)
         run_step("bigquery", [python, "-m", "venv", str(BQ_VENV)], log_path=log, timeout=300)
-        env = dict(os.environ, PIP_CACHE_DIR=str(PIP_CACHE), PIP_DISABLE_PIP_VERSION_CHECK="1")
+        env = _pip_env()
         run_step(
             "bigquery",
             [str(bin_dir / "python"), "-m", "pip", "install", "-q", "-r", str(BQ_REQUIREMENTS)],
@@ -270,3 +274,67 @@ def ensure_bigquery_venv() -> Path:
         )
         stamp.write_text(fingerprint)
     return bin_dir
+
+
+# Flink: the distribution PyPI ships inside PyFlink. `apache-flink-libraries` holds the jars (lib/, opt/, plugins/),
+# `apache-flink` the scripts and default conf (bin/, conf/). The minor version is the one Beam's Flink runner here is
+# built for (pipelines/jars.py FLINK_JAVA: beam-runners-flink-1.16).
+FLINK_DIST_VERSION = "1.16.3"
+FLINK_HOME = CACHE_DIR / "flink" / FLINK_DIST_VERSION
+
+
+def ensure_flink_distribution() -> Path:
+    """A Flink distribution (FLINK_HOME: bin/, conf/, lib/flink-dist-*.jar, ...) in .cache/flink/<version>."""
+    stamp = FLINK_HOME / ".stamp"
+    fingerprint = _fingerprint([], FLINK_DIST_VERSION, "home=bin,conf,lib,opt,plugins")
+    if _stamp_ok(stamp, fingerprint):
+        return FLINK_HOME
+    with _locked("flink-install"):
+        if _stamp_ok(stamp, fingerprint):
+            return FLINK_HOME
+        log = INSTALL_LOG_DIR / "flink-pip.log"
+        staging = FLINK_HOME.with_name(f"{FLINK_DIST_VERSION}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        env = _pip_env()
+        pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--target"]
+        run_step(
+            "flink",
+            [*pip, str(staging / "jars"), f"apache-flink-libraries=={FLINK_DIST_VERSION}"],
+            log_path=log,
+            env=env,
+            timeout=900,
+        )
+        # PyFlink 1.16's C extensions do not build on Python >= 3.10 and only its scripts and conf are needed: the
+        # wheel for CPython 3.9 is unpacked (never imported); the platform tag only picks which wheel file.
+        run_step(
+            "flink",
+            [
+                *pip,
+                str(staging / "scripts"),
+                "--only-binary=:all:",
+                "--implementation=cp",
+                "--python-version=3.9",
+                "--platform=manylinux2014_x86_64",
+                "--platform=manylinux1_x86_64",
+                f"apache-flink=={FLINK_DIST_VERSION}",
+            ],
+            log_path=log,
+            env=env,
+            timeout=900,
+        )
+        home = staging / "home"
+        home.mkdir()
+        for part, names in (("jars", ("lib", "opt", "plugins")), ("scripts", ("bin", "conf"))):
+            for name in names:
+                (staging / part / "pyflink" / name).rename(home / name)
+        (staging / "jars" / "pyflink" / "bin" / "bash-java-utils.jar").rename(home / "bin" / "bash-java-utils.jar")
+        if not list((home / "lib").glob(f"flink-dist-{FLINK_DIST_VERSION}.jar")):
+            raise failure("flink", f"no flink-dist-{FLINK_DIST_VERSION}.jar in the installed libraries", None, log)
+        for script in (home / "bin").iterdir():
+            if script.suffix != ".jar":
+                script.chmod(0o755)
+        shutil.rmtree(FLINK_HOME, ignore_errors=True)
+        home.rename(FLINK_HOME)
+        shutil.rmtree(staging, ignore_errors=True)
+        stamp.write_text(fingerprint)
+    return FLINK_HOME

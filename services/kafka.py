@@ -211,3 +211,17 @@ class SecureKafkaBroker(KafkaBroker):
             "ssl": f"{LOCALHOST}:{self._ports.get('ssl')}",
             "sasl_ssl": f"{LOCALHOST}:{self._ports.get('sasl_ssl')}",
         }
+
+
+def create_topics(bootstrap: str, *prefixes: str, partitions: int = 1) -> dict[str, str]:
+    """Fresh topics named ``<prefix>-<random>``; returns prefix -> topic name."""
+    # Imported here so `services down/status` work without the client libraries.
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    suffix = uuid.uuid4().hex[:8]
+    names = {prefix: f"{prefix}-{suffix}" for prefix in prefixes}
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    new = [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names.values()]
+    for future in admin.create_topics(new).values():
+        future.result(timeout=30)
+    return names

@@ -149,7 +149,9 @@ class AggregateFn(beam.CombineFn):
 
     def merge_accumulators(self, accumulators: Iterable[Accumulator]) -> Accumulator:
         accumulators = iter(accumulators)
-        merged = next(accumulators)
+        merged = next(accumulators, None)
+        if merged is None:
+            return self.create_accumulator()
         for acc in accumulators:
             merged.merge(acc)
         return merged
@@ -241,10 +243,17 @@ class _FormatRowDoFn(beam.DoFn):
         window=beam.DoFn.WindowParam,
         pane=beam.DoFn.PaneInfoParam,
     ) -> Iterator[dict[str, Any]]:
+        if element[1][0] == 0:
+            # An empty pane: no event of this group in it. In accumulating mode every real pane holds at least the
+            # group's first event, so this carries nothing; it happens when a runner fires a window's end-of-window
+            # and garbage-collection timers together after its state was cleared (Flink at the end of a bounded
+            # stream), and with Python's EMIT_ALWAYS closing behaviour such a firing emits an empty pane.
+            return
         self._rows.inc()
-        if self._bounded and not pane.is_last:
-            # Bounded input gets exactly one pane per window and group, but the FnApiRunner does not flag it last.
-            pane = PaneInfo(True, True, pane.timing, pane.index, pane.nonspeculative_index)
+        if self._bounded and not (pane.is_last and pane.timing == PaneInfoTiming.ON_TIME):
+            # Bounded input gets exactly one pane per window and group, all on time, but runners do not all say so:
+            # the FnApiRunner does not flag it last, Flink's batch mode gives no pane information at all (UNKNOWN).
+            pane = PaneInfo(True, True, PaneInfoTiming.ON_TIME, 0, 0)
         yield aggregate_row(element[0], element[1], window, pane, now_us())
 
 

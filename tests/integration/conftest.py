@@ -1,4 +1,4 @@
-"""Session fixtures with real local services: Kafka, Pub/Sub (pstest) and BigQuery (local-bigquery), and the
+"""Session fixtures with real local services: Kafka, Flink, Pub/Sub (pstest) and BigQuery (local-bigquery), and the
 BigQuery datasets and file-sink reference runs that several test modules compare against.
 
 Each fixture reuses a server that `python -m services up` left running (if the state file lists it
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 
-from services import BigQueryEmulator, KafkaBroker, LocalService, PubSubEmulator
+from services import BigQueryEmulator, FlinkCluster, KafkaBroker, LocalService, PubSubEmulator
 
 if TYPE_CHECKING:
     from pipelines.summary import RunSummary
@@ -56,6 +56,19 @@ def pubsub_emulator() -> Iterator[PubSubEmulator]:
 def bigquery_emulator() -> Iterator[BigQueryEmulator]:
     """A healthy BigQuery emulator; `.endpoint`, `.grpc_host`, `.project`, `.client()`."""
     yield from _provide(BigQueryEmulator)
+
+
+@pytest.fixture(scope="session")
+def flink_cluster() -> Iterator[FlinkCluster]:
+    """A healthy Flink session cluster (JobManager + TaskManager); `.flink_master` is the value for --flink_master.
+
+    Shared by the session. Tests cancel their own jobs; what they leave running is cancelled at the end, so a cluster
+    from `services up` gets its slots back (jobs that ran there before the tests are left alone).
+    """
+    for cluster in _provide(FlinkCluster):
+        before = {job["id"] for job in cluster.jobs()}
+        yield cluster
+        cluster.cancel_running_jobs(keep=before)
 
 
 @pytest.fixture

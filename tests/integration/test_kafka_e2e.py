@@ -10,117 +10,32 @@ every dead letter back from its topic: payload bytes, partition/offset metadata,
 from __future__ import annotations
 
 import base64
-import io
 import json
 import time
 import uuid
 from collections import Counter
 
 import apache_beam as beam
-import fastavro
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-import schemas
 from pipelines.graph import build_pipeline
 from pipelines.runners import local_runner
 from pipelines.summary import read_rows
+from services.kafka import create_topics
+from tests.integration.event_mix import MINUTE_US, as_json, event_fields, mix, produce
 from tests.integration.results import final_counts, wait_for_bigquery
 from transforms.timefmt import format_rfc3339_us, now_us
 
-MINUTE_US = 60_000_000
 DEADLINE_S = 110
-
-
-def _fields(event_id: str, at_us: int, user: str, value: int, event_type: str = "click") -> dict:
-    return {
-        "event_id": event_id,
-        "event_type": event_type,
-        "user_id": user,
-        "event_time": format_rfc3339_us(at_us),
-        "page": "/home",
-        "value": value,
-    }
-
-
-def _json(fields: dict) -> bytes:
-    return json.dumps(fields).encode()
-
-
-def _confluent_avro(fields: dict, schema_id: int = 1, magic: bytes = b"\x00") -> bytes:
-    body = io.BytesIO()
-    fastavro.schemaless_writer(body, schemas.event_avro_schema(), {"properties": None, **fields})
-    return magic + schema_id.to_bytes(4, "big") + body.getvalue()
-
-
-def _mix(fmt: str, window_a: int) -> tuple[list[bytes], dict[bytes, str]]:
-    window_b = window_a + MINUTE_US
-    too_late_at = window_a - 30 * MINUTE_US  # far beyond the allowed lateness of 600 s
-    events = [
-        _fields("a1", window_a + 1_000_000, "u1", 1),
-        _fields("a2", window_a + 2_000_000, "u2", 2),
-        _fields("a3", window_a + 3_000_000, "u1", 4),
-        _fields("b1", window_b + 1_000_000, "u3", 8),
-        _fields("b2", window_b + 5_000_000, "u3", 16, event_type="purchase"),
-    ]
-    if fmt == "json":
-        valid = [_json(e) for e in events]
-        bad = {
-            b'{"event_id": "m1", ': "malformed_json",
-            b'{"event_id":"t1","event_type":"click","user_id":7,"event_time":"2024-01-01T00:00:00Z"}': "invalid_type",
-            b"\xff\xfe": "invalid_encoding",
-            _json(_fields("late1", too_late_at, "u9", 99)): "too_late",
-        }
-    else:
-        valid = [_confluent_avro(e) for e in events]
-        bad = {
-            _confluent_avro(_fields("x1", window_a, "u1", 1), magic=b"\x01"): "malformed_avro",  # bad magic byte
-            _confluent_avro(_fields("x2", window_a, "u1", 1), schema_id=42): "malformed_avro",  # unknown schema id
-            b"\x00\x00\x00\x00\x01\xff\xff\xff": "malformed_avro",  # truncated body
-            _confluent_avro(_fields("v1", window_a, "u1", 1, event_type="Click!")): "invalid_value",
-            _confluent_avro(_fields("late1", too_late_at, "u9", 99)): "too_late",
-        }
-    return valid, bad
 
 
 @pytest.fixture
 def topics(kafka_broker):
     bootstrap = kafka_broker.bootstrap_servers
-    suffix = uuid.uuid4().hex[:8]
-    names = {"events": f"events-{suffix}", "dlq": f"dlq-{suffix}"}
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.create_topics(
-        [NewTopic(n, num_partitions=1, replication_factor=1) for n in names.values()]
-    ).values():
-        future.result(timeout=30)
-    return bootstrap, names
-
-
-def _produce(
-    bootstrap: str, topic: str, payloads: list[bytes], partitions: int = 1, timestamps_ms: list[int] | None = None
-) -> dict[bytes, tuple[int, int]]:
-    """Produces in order (round-robin over ``partitions``; record timestamps ``timestamps_ms`` if given, else the
-    producer's clock); returns payload -> (partition, offset) of its delivery."""
-    delivered: dict[bytes, tuple[int, int]] = {}
-
-    def on_delivery(err, msg) -> None:
-        assert err is None, err
-        delivered[msg.value()] = (msg.partition(), msg.offset())
-
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
-    for index, payload in enumerate(payloads):
-        producer.produce(
-            topic,
-            value=payload,
-            key=b"test-key",
-            partition=index % partitions,
-            timestamp=timestamps_ms[index] if timestamps_ms else 0,  # 0: the producer's clock
-            on_delivery=on_delivery,
-        )
-    assert producer.flush(30) == 0
-    return delivered
+    return bootstrap, create_topics(bootstrap, "events", "dlq")
 
 
 @pytest.mark.parametrize("fmt", ["json", "confluent-avro"])
@@ -128,9 +43,9 @@ def test_kafka_stream_gives_exact_aggregates_and_every_dead_letter(topics, tmp_p
     bootstrap, names = topics
     window_a = (now_us() // MINUTE_US - 4) * MINUTE_US  # a minute window 3-4 minutes ago: late, within lateness
     window_b = window_a + MINUTE_US
-    valid, bad = _mix(fmt, window_a)
+    valid, bad = mix(fmt, window_a)
     # valid[0] again: a redelivery, dropped as a duplicate.
-    delivered = _produce(bootstrap, names["events"], [*valid, valid[0], *bad])
+    delivered = produce(bootstrap, names["events"], [*valid, valid[0], *bad])
     source = f"kafka://{bootstrap}/{names['events']}"
     options = PipelineOptions(
         [
@@ -206,8 +121,8 @@ def test_kafka_to_bigquery_exact_aggregates_and_dead_letters(topics, bigquery_em
     dataset = Dataset(bigquery_emulator)
     window_a = (now_us() // MINUTE_US - 4) * MINUTE_US
     window_b = window_a + MINUTE_US
-    valid, bad = _mix(fmt, window_a)
-    delivered = _produce(bootstrap, names["events"], [*valid, valid[0], *bad])
+    valid, bad = mix(fmt, window_a)
+    delivered = produce(bootstrap, names["events"], [*valid, valid[0], *bad])
     options = PipelineOptions(
         [
             f"--source=kafka://{bootstrap}/{names['events']}",
@@ -295,8 +210,8 @@ def test_offsets_are_committed_and_a_restart_with_the_same_group_continues_where
         ]
 
     # Run 1: a fresh group reads from the earliest offset; 3 events on 2 partitions.
-    first = [_json(_fields(f"a{i}", window_a + i * 1_000_000, f"u{i}", i)) for i in range(1, 4)]
-    _produce(bootstrap, topic, first, partitions)
+    first = [as_json(event_fields(f"a{i}", window_a + i * 1_000_000, f"u{i}", i)) for i in range(1, 4)]
+    produce(bootstrap, topic, first, partitions)
     finals, committed = _run_until_committed(
         PipelineOptions(argv("run1")),
         str(tmp_path / "run1" / "aggregates"),
@@ -308,8 +223,8 @@ def test_offsets_are_committed_and_a_restart_with_the_same_group_continues_where
     assert committed == {0: 2, 1: 1}  # the end of what was read, per partition
 
     # Run 2, same group, after 2 more events: it continues from the committed offsets and never sees run 1's events.
-    second = [_json(_fields(f"b{i}", window_b + i * 1_000_000, f"u{i}", 10 * i)) for i in range(1, 3)]
-    _produce(bootstrap, topic, second, partitions)
+    second = [as_json(event_fields(f"b{i}", window_b + i * 1_000_000, f"u{i}", 10 * i)) for i in range(1, 3)]
+    produce(bootstrap, topic, second, partitions)
     finals, committed = _run_until_committed(
         PipelineOptions(argv("run2")),
         str(tmp_path / "run2" / "aggregates"),
@@ -329,9 +244,9 @@ def test_kafka_timestamp_is_the_event_time_when_asked(topics, tmp_path):
     window_a = (now_us() // MINUTE_US - 4) * MINUTE_US
     window_b = window_a + MINUTE_US
     stale = window_a - 120 * MINUTE_US
-    events = [_json(_fields(f"k{i}", stale + i * 1_000_000, f"u{i}", i)) for i in range(1, 4)]
+    events = [as_json(event_fields(f"k{i}", stale + i * 1_000_000, f"u{i}", i)) for i in range(1, 4)]
     kafka_times = [window_a + 1_000_000, window_a + 2_000_000, window_b + 1_000_000]  # microseconds
-    _produce(bootstrap, names["events"], events, timestamps_ms=[t // 1000 for t in kafka_times])
+    produce(bootstrap, names["events"], events, timestamps_ms=[t // 1000 for t in kafka_times])
     options = PipelineOptions(
         [
             f"--source=kafka://{bootstrap}/{names['events']}",

@@ -22,9 +22,10 @@ import schemas
 from pipelines.graph import build_pipeline
 from pipelines.runners import local_runner
 from pipelines.summary import read_rows
+from tests.integration.event_mix import MINUTE_US, event_fields, produce
 from tests.integration.fault_report import FaultReport
 from tests.integration.results import final_counts
-from tests.integration.test_kafka_e2e import DEADLINE_S, MINUTE_US, _fields, _produce, topics  # noqa: F401
+from tests.integration.test_kafka_e2e import DEADLINE_S, topics  # noqa: F401
 from tests.streaming.test_poison_records import poisoned
 from transforms import analytics
 from transforms.timefmt import format_rfc3339_us, now_us
@@ -45,10 +46,12 @@ def test_poison_record_does_not_block_the_partition_and_schema_id_2_parses(topic
         analytics, "_with_event_time", poisoned(analytics._with_event_time, lambda e: e.event_id == "poison")
     )
     window = (now_us() // MINUTE_US - 4) * MINUTE_US
-    before = [_framed(_fields(f"b{i}", window + i * 1_000_000, f"u{i % 3}", i), 1 + i % 2) for i in range(10)]
-    poison = _framed(_fields("poison", window + 30_000_000, "u0", 100), 2)
-    after = [_framed(_fields(f"a{i}", window + (40 + i) * 1_000_000, f"u{i % 3}", i), 1 + i % 2) for i in range(10)]
-    delivered = _produce(bootstrap, names["events"], [*before, poison, *after])
+    before = [_framed(event_fields(f"b{i}", window + i * 1_000_000, f"u{i % 3}", i), 1 + i % 2) for i in range(10)]
+    poison = _framed(event_fields("poison", window + 30_000_000, "u0", 100), 2)
+    after = [
+        _framed(event_fields(f"a{i}", window + (40 + i) * 1_000_000, f"u{i % 3}", i), 1 + i % 2) for i in range(10)
+    ]
+    delivered = produce(bootstrap, names["events"], [*before, poison, *after])
     source = f"kafka://{bootstrap}/{names['events']}"
     options = PipelineOptions(
         [

@@ -33,9 +33,9 @@ from pipelines.runners import local_runner
 from pipelines.summary import read_rows
 from services import SecureKafkaBroker
 from tests.integration import tls
+from tests.integration.event_mix import expected_finals, mix
 from tests.integration.results import final_counts
-from tests.integration.test_kafka_e2e import _mix
-from transforms.timefmt import format_rfc3339_us, now_us
+from transforms.timefmt import now_us
 
 ROOT = Path(__file__).resolve().parents[2]
 MINUTE_US = 60_000_000
@@ -117,15 +117,6 @@ def _produce(client: dict[str, str], topic: str, payloads: list[bytes]) -> None:
     assert producer.flush(30) == 0
 
 
-def _expected(window_a: int) -> dict:
-    window_b = window_a + MINUTE_US
-    return {
-        (format_rfc3339_us(window_a), "click", "/home"): (3, 7.0, 2),
-        (format_rfc3339_us(window_b), "click", "/home"): (1, 8.0, 1),
-        (format_rfc3339_us(window_b), "purchase", "/home"): (1, 16.0, 1),
-    }
-
-
 def _run_until(options: PipelineOptions, done, timeout_s: float = DEADLINE_S):
     """Runs the streaming pipeline until ``done()`` is true (or the time is up), then cancels it."""
     pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
@@ -145,7 +136,7 @@ def test_sasl_ssl_scram_source_and_dead_letter_sink_give_exact_results(
     client = _sasl_client(secure_kafka, tls_files, password)
     names = _topics(client)
     window_a = (now_us() // MINUTE_US - 4) * MINUTE_US
-    valid, bad = _mix("json", window_a)
+    valid, bad = mix("json", window_a)
     _produce(client, names["events"], [*valid, valid[0], *bad])
     servers = secure_kafka.sasl_ssl_bootstrap_servers
     options = PipelineOptions(
@@ -168,7 +159,7 @@ def test_sasl_ssl_scram_source_and_dead_letter_sink_give_exact_results(
     consumer = Consumer({**client, "group.id": f"check-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "earliest"})
     consumer.subscribe([names["dlq"]])
     dead: list = []
-    expected = _expected(window_a)
+    expected = expected_finals(window_a)
 
     def done() -> bool:
         message = consumer.poll(0.5)
@@ -188,7 +179,7 @@ def test_mutual_tls_source_gives_exact_results(secure_kafka, tls_files, secret_e
     client = _mtls_client(secure_kafka, tls_files)
     names = _topics(client)
     window_a = (now_us() // MINUTE_US - 4) * MINUTE_US
-    valid, bad = _mix("json", window_a)
+    valid, bad = mix("json", window_a)
     _produce(client, names["events"], [*valid, valid[0], *bad])
     options = PipelineOptions(
         [
@@ -206,7 +197,7 @@ def test_mutual_tls_source_gives_exact_results(secure_kafka, tls_files, secret_e
             FRESH_PRISM,
         ]
     )
-    expected = _expected(window_a)
+    expected = expected_finals(window_a)
 
     def done() -> bool:
         return final_counts(read_rows(str(tmp_path / "aggregates"))[1]) == expected and len(
@@ -321,7 +312,7 @@ def test_no_secret_in_logs_options_graph_or_outputs(secure_kafka, tls_files, pas
     client = _sasl_client(secure_kafka, tls_files, password)
     names = _topics(client)
     window_a = (now_us() // MINUTE_US - 4) * MINUTE_US
-    valid, bad = _mix("json", window_a)
+    valid, bad = mix("json", window_a)
     _produce(client, names["events"], [*valid, valid[0], *bad])
     out = tmp_path / "run"
     out.mkdir()

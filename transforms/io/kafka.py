@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 import orjson
-from apache_beam.io.kafka import ReadFromKafka, WriteToKafka
+from apache_beam.io.kafka import ReadFromKafka, ReadFromKafkaSchema, WriteToKafka
+from apache_beam.transforms.external import ExternalTransform, NamedTupleBasedPayloadBuilder
 
 from transforms.records import SourceRecord
 
@@ -30,6 +31,26 @@ _TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])"  # DNS name, IPv4, or [IPv6]
 _SERVER = re.compile(rf"(?P<host>{_HOST}):(?P<port>[0-9]{{1,5}})")
+
+
+# The read configuration ``ReadFromKafka`` would send, cut to the fields every Java KafkaIO since 2.5x knows: Beam 2.77
+# adds fields (redistribute, allow_duplicates, ...) that an older expansion service refuses ("missing a setter"), and
+# the Flink runner here is Beam Java 2.56 (pipelines/jars.py). Newer Java sides take absent fields as their defaults.
+_READ_CONFIG_FIELDS = (
+    "consumer_config",
+    "topics",
+    "key_deserializer",
+    "value_deserializer",
+    "start_read_time",
+    "max_num_records",
+    "max_read_time",
+    "commit_offset_in_finalize",
+    "timestamp_policy",
+    "consumer_polling_timeout",
+)
+_READ_CONFIG = NamedTuple(  # noqa: UP014 - the fields are taken from Beam's own schema
+    "ReadFromKafkaSchema", [(name, ReadFromKafkaSchema.__annotations__[name]) for name in _READ_CONFIG_FIELDS]
+)
 
 
 class KafkaTopic(NamedTuple):
@@ -134,22 +155,32 @@ class ReadKafkaRecords(beam.PTransform):
 
     def expand(self, pbegin):
         ref, settings = self._ref, self._settings
-        read = ReadFromKafka(
-            consumer_config={
+        config = {
+            "consumer_config": {
                 **dict(settings.client_properties),
                 "bootstrap.servers": ref.bootstrap_servers,
                 "group.id": settings.consumer_group,
                 "auto.offset.reset": settings.start_offset,
             },
-            topics=[ref.topic],
-            with_metadata=True,
+            "topics": [ref.topic],
+            "key_deserializer": ReadFromKafka.byte_array_deserializer,
+            "value_deserializer": ReadFromKafka.byte_array_deserializer,
+            "start_read_time": None,
+            "max_num_records": None,
+            "max_read_time": None,
+            # Offsets go back to the consumer group once the runner has checkpointed the records read (bundle
+            # finalization; on Flink: a completed checkpoint): a restarted job with the same group continues where
+            # this one stopped.
+            "commit_offset_in_finalize": True,
             # The record's own timestamp (producer create time, or the broker's log-append time when the topic is
             # configured so): the arrival time the too-late filter judges by, the same on every runner.
-            timestamp_policy=ReadFromKafka.create_time_policy,
-            # Offsets go back to the consumer group once the runner has checkpointed the records read (bundle
-            # finalization): a restarted job with the same group continues where this one stopped.
-            commit_offset_in_finalize=True,
-            expansion_service=settings.expansion_service,
+            "timestamp_policy": ReadFromKafka.create_time_policy,
+            "consumer_polling_timeout": 2,
+        }
+        read = ExternalTransform(
+            ReadFromKafka.URN_WITH_METADATA,
+            NamedTupleBasedPayloadBuilder(_READ_CONFIG(**config)),
+            settings.expansion_service,
         )
         return pbegin | "Read" >> read | "ToRecord" >> beam.ParDo(_ToRecord(ref.uri)).with_output_types(SourceRecord)
 
