@@ -29,7 +29,9 @@ def rows(sizes: list[int], variants: list[Any], cells: dict, checked: tuple[str,
         baseline = plain.events_per_s if plain else None
         expected = plain.runs[0]["counters"] if plain and plain.runs else None
         for variant in variants:
-            cell = cells[(size, variant.name)]
+            cell = cells.get((size, variant.name))
+            if cell is None:  # measured at another size only
+                continue
             if cell.failure is not None and not cell.runs:
                 out.append(Row(size, variant.label, None, None, None, None, f"not measured: {cell.failure}"))
                 continue
@@ -48,16 +50,16 @@ def rows(sizes: list[int], variants: list[Any], cells: dict, checked: tuple[str,
             if variant.name == "parse_validate":
                 share = cell.median("fast_path_share")
                 notes.append(f"{share:.1%} of records on the fast path")
-            latency = cell.runs[0].get("latency_ms") if cell.runs else None
-            if latency:
-                notes.append(f"latency p50 {latency['p50']} ms, p99 {latency['p99']} ms")
+            flink = cell.runs[0].get("flink") if cell.runs else None
+            if flink:
+                notes.append(flink["summary"])
             rss = cell.median("peak_rss")
             out.append(
                 Row(
                     size,
                     variant.label,
                     rate,
-                    rate / baseline if rate and baseline else None,
+                    rate / baseline if rate and baseline and variant.name != "flink" else None,
                     rss / _MB if rss else None,
                     cell.median("cpu_seconds"),
                     "; ".join(notes),
