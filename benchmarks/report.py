@@ -20,6 +20,7 @@ class Row:
     peak_rss_mb: float | None
     cpu_s: float | None
     note: str
+    plotted: bool = True  # against input size (not the Flink row: its input is its own)
 
 
 def rows(sizes: list[int], variants: list[Any], cells: dict, checked: tuple[str, ...]) -> list[Row]:
@@ -63,6 +64,7 @@ def rows(sizes: list[int], variants: list[Any], cells: dict, checked: tuple[str,
                     rss / _MB if rss else None,
                     cell.median("cpu_seconds"),
                     "; ".join(notes),
+                    plotted=variant.name != "flink",
                 )
             )
     return out
@@ -139,7 +141,7 @@ def plot(path: Path, result: list[Row]) -> None:
 
     figure, (speed, memory) = plt.subplots(1, 2, figsize=(12, 4.5))
     for label in dict.fromkeys(row.label for row in result):
-        points = [row for row in result if row.label == label and row.events_per_s]
+        points = [row for row in result if row.label == label and row.events_per_s and row.plotted]
         if not points:
             continue
         sizes = [row.size for row in points]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import bisect
 import pickle
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -75,7 +75,7 @@ class BatchParser:
         key_field: str = "page",
         max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
         max_payload_bytes: int = 1 << 20,
-        clock=now_us,
+        clock: Callable[[], int] = now_us,
     ) -> None:
         self._decode = decoder_for(fmt)
         self._max_payload_bytes = max_payload_bytes
