@@ -69,7 +69,7 @@ BENCH_REPEAT ?= 3
 BENCH_STAMP := $(VENV)/.installed-bench
 
 $(BENCH_STAMP): $(STAMP)
-	@$(PY) -m pip install -q -e '.[test,bench]'
+	@$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[test,bench]'
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)  ## Speed and memory vs the plain-Python limit -> docs/benchmarks.md (quick: BENCH_SIZES=100000)
