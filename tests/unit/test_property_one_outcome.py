@@ -504,7 +504,7 @@ def test_confluent_records_of_either_schema_id_follow_the_contract(
 def test_strategies_reach_every_code() -> None:
     seen: set[str] = set()
 
-    @settings(max_examples=300, deadline=None, derandomize=True, database=None)
+    @settings(max_examples=600, deadline=None, derandomize=True, database=None)
     @given(near_valid_objects())
     def collect(obj: dict[str, Any]) -> None:
         stage, result = outcome(to_json(obj, False), "json")
