@@ -62,6 +62,9 @@ DATAFLOW_COMPOSITES = {
     common_urns.deprecated_primitives.READ.urn,  # only as the composite around the SDF read (checked below)
     python_urns.GENERIC_COMPOSITE_TRANSFORM,
     python_urns.PICKLED_TRANSFORM,
+    # Beam's WriteToBigQuery names its composite so the SDK can rebuild it from the proto (bigquery.py,
+    # register_urn); no runner replaces it, Dataflow runs its leaves (checked like every other leaf).
+    "beam:transform:write_to_big_query:v0",
 }
 DATAFLOW_REQUIREMENTS = {
     common_urns.requirements.REQUIRES_STATEFUL_PROCESSING.urn,
@@ -208,6 +211,23 @@ def test_streaming_pubsub_into_bigquery_with_the_storage_write_api(offline):
     for table in ("WriteAggregates", "WriteDeadLetters"):
         assert f"{table}/BigQuery/StorageWrite/Batch" in present
         assert f"{table}/BigQuery/StorageWrite/Append" in present
+    assert "WithRefusedAggregates" in present and "LogLostDeadLetters" in present
+
+
+def test_streaming_pubsub_into_bigquery_with_streaming_inserts(offline):
+    """The default write method: Beam's WriteToBigQuery (insertAll), its refused rows back as write dead letters."""
+    proto = dry_run(
+        "--streaming",
+        "--source=pubsub://projects/my-project/subscriptions/events",
+        "--sink=bigquery://my-project.analytics.aggregates",
+        "--dead_letter_sink=bigquery://my-project.analytics.dead_letter",
+    )
+    assert_runs_on_dataflow(proto, streaming=True)
+    present = labels(proto)
+    for table in ("WriteAggregates", "WriteDeadLetters"):
+        assert f"{table}/BigQuery/ToInsertRow" in present
+        assert any(label.startswith(f"{table}/BigQuery/Write/") for label in present)
+        assert not any("StorageWrite" in label for label in present)
     assert "WithRefusedAggregates" in present and "LogLostDeadLetters" in present
 
 

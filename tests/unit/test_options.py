@@ -60,6 +60,8 @@ BAD = [
     (["--source=pubsub://projects/my-project/topics/events", "--runner=FlinkRunner"], "--source"),
     (["--source=kafka://127.0.0.1:9092/events"], "--source"),  # Java KafkaIO: not on the direct runner
     (["--dead_letter_sink=kafka://127.0.0.1:9092/dlq"], "--dead_letter_sink"),
+    (["--source=synthetic://?events=5&mode=replay", "--runner=PrismRunner"], "--source"),  # TestStream: direct only
+    (["--source=synthetic://?events=5&mode=replay", "--runner=FlinkRunner"], "--source"),
     (["--source=synthetic://?format=avro"], "--source"),  # generates Avro, parsed as JSON
     (["--format=avro", "--source=synthetic://?events=5"], "--source"),  # generates JSON, parsed as Avro
     # sinks
