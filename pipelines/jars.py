@@ -30,8 +30,6 @@ to the 2.77 Python SDK is what this module sets up, and the integration tests pr
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -39,9 +37,11 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pipelines.install_once import install_once
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("SERVICES_CACHE_DIR", REPO_ROOT / ".cache")).resolve()
@@ -275,17 +275,6 @@ def _fingerprint(java: JavaSet) -> str:
     return hashlib.sha256((text + str(REPO_ROOT)).encode()).hexdigest()
 
 
-@contextlib.contextmanager
-def _locked(name: str = KAFKA_JAVA.name) -> Iterator[None]:
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with (CACHE_DIR / f"{name}.lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _write_launchers(java: JavaSet, lib: Path) -> None:
     """Jars with only a manifest: Main-Class = the entry point, Class-Path = every jar of ``lib``."""
     jars = sorted(p.name for p in lib.glob("*.jar") if p.name not in java.launchers)
@@ -304,22 +293,13 @@ def _write_launchers(java: JavaSet, lib: Path) -> None:
 
 def ensure(java: JavaSet) -> Path:
     """Fetches (once) the set's classpath into ``.cache/<name>/lib``; returns the lib directory. Idempotent."""
-    stamp = java.directory / ".stamp"
-    fingerprint = _fingerprint(java)
 
-    def current() -> bool:
-        try:
-            launchers = all(java.launcher(jar).exists() for jar in java.launchers)
-            shaded = java.shaded_jar is None or java.shaded_jar.exists()
-            return stamp.read_text().strip() == fingerprint and launchers and shaded and java.boot.exists()
-        except OSError:
-            return False
+    def present() -> bool:
+        launchers = all(java.launcher(jar).exists() for jar in java.launchers)
+        shaded = java.shaded_jar is None or java.shaded_jar.exists()
+        return launchers and shaded and java.boot.exists()
 
-    if current():
-        return java.lib
-    with _locked(java.name):
-        if current():
-            return java.lib
+    def install() -> None:
         mvn = shutil.which("mvn")
         if mvn is None:
             raise JarError(f"'mvn' is not on PATH: it fetches {java.purpose} from Maven Central")
@@ -358,7 +338,10 @@ def ensure(java: JavaSet) -> Path:
             shutil.rmtree(java.directory / "target", ignore_errors=True)
         java.boot.write_text(java.boot_script())
         java.boot.chmod(0o755)
-        stamp.write_text(fingerprint)
+
+    install_once(
+        java.directory / ".stamp", _fingerprint(java), CACHE_DIR / f"{java.name}.lock", install, present=present
+    )
     return java.lib
 
 

@@ -130,20 +130,13 @@ def prism_binary() -> str:
     import shutil
     import subprocess
 
-    from pipelines.jars import CACHE_DIR, _locked
+    from pipelines.install_once import install_once
+    from pipelines.jars import CACHE_DIR
 
     go_dir = CACHE_DIR / "go"
     binary = go_dir / "path" / "bin" / "prism"
-    stamp = binary.with_name("prism.version")
 
-    def current() -> bool:
-        return binary.exists() and stamp.exists() and stamp.read_text().strip() == PRISM_VERSION
-
-    if current():
-        return str(binary)
-    with _locked():
-        if current():
-            return str(binary)
+    def install() -> None:
         go = shutil.which("go")
         if go is None:
             raise RuntimeError("'go' is not on PATH: it builds Beam's Prism runner from the Go module proxy")
@@ -159,7 +152,10 @@ def prism_binary() -> str:
         done = subprocess.run([go, "install", module], env=env, capture_output=True, text=True, timeout=1800)
         if done.returncode != 0 or not binary.exists():
             raise RuntimeError(f"go install {module} failed (exit {done.returncode}): {done.stderr[-2000:]}")
-        stamp.write_text(PRISM_VERSION)
+
+    install_once(
+        binary.with_name("prism.version"), PRISM_VERSION, CACHE_DIR / "prism.lock", install, present=binary.exists
+    )
     return str(binary)
 
 

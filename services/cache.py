@@ -1,23 +1,23 @@
 """Where downloads and builds live (.cache/, git-ignored) and the idempotent steps that fill it.
 
-Each step writes a stamp holding a fingerprint of its inputs (committed files, tool versions); a
-matching stamp means the artifact is current and the step costs nothing. Steps hold a file lock,
+Each step follows pipelines/install_once.py: a stamp holding a fingerprint of its inputs (committed files,
+tool versions) means the artifact is current and the step costs nothing; otherwise it runs under a file lock,
 so parallel test workers or a `services up` next to a test run never build the same thing twice.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
 import platform
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
+from pipelines.install_once import install_once
 from services._process import failure, run_step
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -56,22 +56,8 @@ def _fingerprint(files: Iterable[Path], *extra: str) -> str:
     return digest.hexdigest()
 
 
-def _stamp_ok(stamp: Path, fingerprint: str) -> bool:
-    try:
-        return stamp.read_text().strip() == fingerprint
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def _locked(name: str) -> Iterator[None]:
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
-    with (STATE_DIR / f"{name}.lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _install_once(name: str, stamp: Path, fingerprint: str, install: Callable[[], None], **kw: Any) -> None:
+    install_once(stamp, fingerprint, STATE_DIR / f"{name}.lock", install, **kw)
 
 
 def _require_tool(service: str, tool: str, why: str) -> str:
@@ -98,11 +84,8 @@ def ensure_kafka_jars() -> Path:
     """Kafka broker jars from Maven Central in .cache/kafka/lib (the pom lists them)."""
     stamp = KAFKA_LIB / ".stamp"
     fingerprint = _fingerprint([KAFKA_POM])
-    if _stamp_ok(stamp, fingerprint):
-        return KAFKA_LIB
-    with _locked("kafka-install"):
-        if _stamp_ok(stamp, fingerprint):
-            return KAFKA_LIB
+
+    def install() -> None:
         mvn = _require_tool("kafka", "mvn", "it fetches the Kafka jars from Maven Central")
         staging = KAFKA_LIB.with_name("lib.partial")
         shutil.rmtree(staging, ignore_errors=True)
@@ -128,7 +111,8 @@ def ensure_kafka_jars() -> Path:
         # Swap the whole directory: a version bump must not leave old jars on the classpath.
         shutil.rmtree(KAFKA_LIB, ignore_errors=True)
         staging.rename(KAFKA_LIB)
-        stamp.write_text(fingerprint)
+
+    _install_once("kafka-install", stamp, fingerprint, install)
     return KAFKA_LIB
 
 
@@ -152,11 +136,8 @@ def ensure_pstest_binary() -> Path:
     go = _require_tool("pubsub", "go", "it builds the pstest Pub/Sub fake")
     sources = sorted(PSTEST_SRC.glob("*.go")) + [PSTEST_SRC / "go.mod", PSTEST_SRC / "go.sum"]
     fingerprint = _fingerprint(sources, _tool_version([go, "version"]))
-    if _stamp_ok(stamp, fingerprint) and PSTEST_BIN.exists():
-        return PSTEST_BIN
-    with _locked("pstest-install"):
-        if _stamp_ok(stamp, fingerprint) and PSTEST_BIN.exists():
-            return PSTEST_BIN
+
+    def install() -> None:
         BIN_DIR.mkdir(parents=True, exist_ok=True)
         partial = PSTEST_BIN.with_name("pstest.partial")
         run_step(
@@ -168,7 +149,8 @@ def ensure_pstest_binary() -> Path:
             timeout=900,
         )
         partial.replace(PSTEST_BIN)
-        stamp.write_text(fingerprint)
+
+    _install_once("pstest-install", stamp, fingerprint, install, present=PSTEST_BIN.exists)
     return PSTEST_BIN
 
 
@@ -248,11 +230,8 @@ def ensure_bigquery_venv() -> Path:
     python = find_python313()
     fingerprint = _fingerprint([BQ_REQUIREMENTS], _tool_version([python, "--version"]), platform.machine())
     bin_dir = BQ_VENV / "bin"
-    if _stamp_ok(stamp, fingerprint):
-        return bin_dir
-    with _locked("bigquery-install"):
-        if _stamp_ok(stamp, fingerprint):
-            return bin_dir
+
+    def install() -> None:
         log = INSTALL_LOG_DIR / "bigquery-venv.log"
         # A venv cannot be moved after creation, so it is rebuilt in place; no stamp until the end.
         shutil.rmtree(BQ_VENV, ignore_errors=True)
@@ -272,7 +251,8 @@ def ensure_bigquery_venv() -> Path:
             env=bigquery_env(),
             timeout=300,
         )
-        stamp.write_text(fingerprint)
+
+    _install_once("bigquery-install", stamp, fingerprint, install)
     return bin_dir
 
 
@@ -287,11 +267,8 @@ def ensure_flink_distribution() -> Path:
     """A Flink distribution (FLINK_HOME: bin/, conf/, lib/flink-dist-*.jar, ...) in .cache/flink/<version>."""
     stamp = FLINK_HOME / ".stamp"
     fingerprint = _fingerprint([], FLINK_DIST_VERSION, "home=bin,conf,lib,opt,plugins")
-    if _stamp_ok(stamp, fingerprint):
-        return FLINK_HOME
-    with _locked("flink-install"):
-        if _stamp_ok(stamp, fingerprint):
-            return FLINK_HOME
+
+    def install() -> None:
         log = INSTALL_LOG_DIR / "flink-pip.log"
         staging = FLINK_HOME.with_name(f"{FLINK_DIST_VERSION}.partial")
         shutil.rmtree(staging, ignore_errors=True)
@@ -336,5 +313,6 @@ def ensure_flink_distribution() -> Path:
         shutil.rmtree(FLINK_HOME, ignore_errors=True)
         home.rename(FLINK_HOME)
         shutil.rmtree(staging, ignore_errors=True)
-        stamp.write_text(fingerprint)
+
+    _install_once("flink-install", stamp, fingerprint, install)
     return FLINK_HOME

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pipelines.summary import final_panes
@@ -30,3 +31,12 @@ def wait_for_bigquery(dataset: Any, expected: dict, dead_letters: int, timeout_s
             break
         time.sleep(1)
     return finals, dead
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> None:
+    """Polls ``condition`` every half second; fails the test, naming ``what``, if it is still false at the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.5)

@@ -27,7 +27,7 @@ from pipelines.runners import local_runner
 from pipelines.summary import read_rows
 from tests.integration.fault_proxies import LOST_ACK, OUTAGE, BigQueryFaultProxy
 from tests.integration.fault_report import FaultReport
-from tests.integration.results import final_counts
+from tests.integration.results import final_counts, wait_for
 from tests.integration.test_bigquery_sink import _aggregates, _dead_letters
 from tests.integration.traffic import SteadyPublisher, Traffic
 from transforms.io.files import WriteJsonLines
@@ -46,14 +46,6 @@ QUIET_S = 8  # no new aggregate row for this long after the last window closed: 
 
 def _pane_key(row: dict) -> tuple:
     return (row["window_start"], row["window_end"], row["event_type"], row["key"], row["pane_index"])
-
-
-def _wait(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.5)
 
 
 @pytest.fixture
@@ -94,7 +86,7 @@ def test_bigquery_outage_and_lost_answers_mid_run_lose_and_duplicate_nothing(
     load = SteadyPublisher(publisher, topic, RATE, traffic.next)
     load.start()
     try:
-        _wait(lambda: proxy.insert_calls_passed >= 3, 90, "the first rows to land")  # mid-run from here on
+        wait_for(lambda: proxy.insert_calls_passed >= 3, 90, "the first rows to land")  # mid-run from here on
         proxy.set_mode(OUTAGE)
         time.sleep(OUTAGE_S)
         proxy.set_mode(None)
@@ -121,7 +113,7 @@ def test_bigquery_outage_and_lost_answers_mid_run_lose_and_duplicate_nothing(
                 and len(landed) >= len(emitted)
             )
 
-        _wait(finished, 300, "every emitted row to land")
+        wait_for(finished, 300, "every emitted row to land")
     finally:
         proxy.set_mode(None)
         result.cancel()

@@ -26,7 +26,7 @@ from pipelines.runners import local_runner
 from pipelines.summary import read_rows
 from tests.integration.fault_proxies import PubSubFaultProxy
 from tests.integration.fault_report import FaultReport
-from tests.integration.results import final_counts
+from tests.integration.results import final_counts, wait_for
 from tests.integration.traffic import SteadyPublisher, Traffic
 from tests.streaming.test_poison_records import poisoned
 from transforms import analytics, dedup, windowing
@@ -38,14 +38,6 @@ ACK_DEADLINE_S = 10  # pstest's minimum
 RATE = 10
 WINDOW_S = 20
 HELD_BY_COMPETITOR = 20
-
-
-def _wait(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.5)
 
 
 @pytest.fixture
@@ -89,7 +81,7 @@ def test_redeliveries_and_duplicate_publishes_are_counted_once(pubsub_emulator, 
     for n in range(HELD_BY_COMPETITOR):
         publisher.publish(topic, traffic.add(traffic.event(10_000 + n))).result(timeout=30)
     held = []
-    _wait(
+    wait_for(
         lambda: (
             held.extend(subscriber.pull(subscription=subscription, max_messages=50, timeout=5).received_messages)
             or len(held) >= HELD_BY_COMPETITOR
@@ -128,7 +120,7 @@ def test_redeliveries_and_duplicate_publishes_are_counted_once(pubsub_emulator, 
                 and len(read_rows(dead_letters)[1]) >= len(traffic.bad)
             )
 
-        _wait(settled, 180, "every message, redeliveries included, to be processed")
+        wait_for(settled, 180, "every message, redeliveries included, to be processed")
     finally:
         _stop(pipeline, result)
         proxy.stop()
@@ -204,7 +196,7 @@ def test_poison_messages_are_dead_lettered_and_the_subscription_keeps_flowing(
         load.join(timeout=60)
         load.stop()
         expected = traffic.expected()
-        _wait(
+        wait_for(
             lambda: (
                 final_counts(read_rows(aggregates)[1]) == expected and len(read_rows(dead_letters)[1]) >= len(poisons)
             ),
