@@ -21,24 +21,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.graph import build_pipeline
 from pipelines.runners import local_runner
 from pipelines.summary import read_rows
+from tests.integration.event_mix import MINUTE_US, as_json, event_fields, expected_finals, mix, recent_window
 from tests.integration.results import final_counts
 from transforms.timefmt import format_rfc3339_us, now_us
 
 PROJECT = "local-project"
-MINUTE_US = 60_000_000
-
-
-def _event(event_id: str, at_us: int, user: str, value: int, event_type: str = "click", page: str = "/home") -> bytes:
-    return json.dumps(
-        {
-            "event_id": event_id,
-            "event_type": event_type,
-            "user_id": user,
-            "event_time": format_rfc3339_us(at_us),
-            "page": page,
-            "value": value,
-        }
-    ).encode()
 
 
 @pytest.fixture
@@ -84,22 +71,8 @@ def _wait_for_temporary_subscription(publisher, topic: str, known: str, deadline
 def test_pubsub_stream_gives_exact_aggregates_and_every_dead_letter(topics, tmp_path, read_from):
     publisher, subscriber, names = topics
     source = names["events_sub"] if read_from == "subscription" else names["events"]
-    window_a = (now_us() // MINUTE_US - 4) * MINUTE_US  # a minute window 3-4 minutes ago: late, within lateness
-    window_b = window_a + MINUTE_US
-    too_late_at = window_a - 30 * MINUTE_US  # far beyond the allowed lateness of 600 s
-    valid = [
-        _event("a1", window_a + 1_000_000, "u1", 1),
-        _event("a2", window_a + 2_000_000, "u2", 2),
-        _event("a3", window_a + 3_000_000, "u1", 4),
-        _event("b1", window_b + 1_000_000, "u3", 8),
-        _event("b2", window_b + 5_000_000, "u3", 16, event_type="purchase"),
-    ]
-    bad = {
-        b'{"event_id": "m1", ': "malformed_json",
-        b'{"event_id":"t1","event_type":"click","user_id":7,"event_time":"2024-01-01T00:00:00Z"}': "invalid_type",
-        b"\xff\xfe": "invalid_encoding",
-        _event("late1", too_late_at, "u9", 99): "too_late",
-    }
+    window_a = recent_window()
+    valid, bad = mix("json", window_a)
     options = PipelineOptions(
         [
             f"--source=pubsub://{source}",
@@ -119,11 +92,7 @@ def test_pubsub_stream_gives_exact_aggregates_and_every_dead_letter(topics, tmp_
             publisher.publish(names["events"], payload, origin="test").result(timeout=30)
         deadline = time.monotonic() + 90
         dead = _pull_all(subscriber, names["dlq_sub"], len(bad), deadline)
-        expected = {
-            (format_rfc3339_us(window_a), "click", "/home"): (3, 7.0, 2),
-            (format_rfc3339_us(window_b), "click", "/home"): (1, 8.0, 1),
-            (format_rfc3339_us(window_b), "purchase", "/home"): (1, 16.0, 1),
-        }
+        expected = expected_finals(window_a)
         finals = {}
         while time.monotonic() < deadline:
             finals = final_counts(read_rows(str(tmp_path / "aggregates"))[1])
@@ -156,7 +125,7 @@ def test_publish_time_is_the_event_time_when_asked(topics, tmp_path):
     (two hours old: as payload time every record would be too late and dead-lettered)."""
     publisher, subscriber, names = topics
     stale = (now_us() // MINUTE_US - 120) * MINUTE_US
-    events = [_event(f"p{i}", stale + i * 1_000_000, f"u{i}", i) for i in range(1, 5)]
+    events = [as_json(event_fields(f"p{i}", stale + i * 1_000_000, f"u{i}", i)) for i in range(1, 5)]
     options = PipelineOptions(
         [
             f"--source=pubsub://{names['events_sub']}",
