@@ -658,6 +658,9 @@ class WriteToBigQueryStorage(beam.PTransform):
             >> beam.Map(lambda row: (random.randrange(SHARDS), row)).with_output_types(
                 beam.typehints.KV[int, beam.typehints.Any]
             )
-            | "Batch" >> beam.GroupIntoBatches(BATCH_ROWS, max_buffering_duration_secs=BATCH_WAIT_S)
+            # Bounded input is flushed by the end-of-window timer; a processing-time timer left set there makes the
+            # FnApiRunner refuse to finish ("time-pending bundles did not execute"), as for _AppendRowsFn.RESUME.
+            | "Batch"
+            >> beam.GroupIntoBatches(BATCH_ROWS, max_buffering_duration_secs=BATCH_WAIT_S if self._streaming else 0)
             | "Append" >> beam.ParDo(_AppendRowsFn(self._writer, self._destination, self._streaming))
         )
