@@ -15,7 +15,9 @@ help:  ## Show the targets
 # hashes stripped into a constraints file), so the tests run what production runs.
 CONSTRAINTS := $(VENV)/constraints.txt
 
-$(STAMP): setup.py templates/requirements.txt
+# `pip install -e .` also builds the JSON fast path's C extension in place (transforms/_fastjson.*.so); a changed
+# transforms/_fastjson.c makes the install run again, which rebuilds it.
+$(STAMP): setup.py templates/requirements.txt transforms/_fastjson.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip wheel
 	@sed -e 's/[[:space:]]*\\$$//' -e '/^[[:space:]]*--hash/d' -e '/^[[:space:]]*#/d' -e '/^[[:space:]]*$$/d' \

@@ -1,6 +1,6 @@
 """realtime-analytics: event streams -> trustworthy windowed analytics (Apache Beam, Python)."""
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 # Everything the pipeline needs at run time (also what Dataflow workers install).
 INSTALL_REQUIRES = [
@@ -32,6 +32,11 @@ FUZZ_REQUIRES = ["atheris==3.0.0"]
 # `make bench` on top of the test extras: the profiler behind docs/benchmarks.md's hot-spot notes.
 BENCH_REQUIRES = ["py-spy==0.4.3"]
 
+# The JSON fast path in C (transforms/_fastjson.c: CPython API only). Optional: where no C compiler or Python
+# headers are found, the build warns and goes on, and transforms/fast_json.py uses its msgspec path instead.
+# `pip install -e .` (make install) builds it in place, next to the source.
+FAST_JSON_EXTENSION = Extension("transforms._fastjson", ["transforms/_fastjson.c"], optional=True)
+
 setup(
     name="realtime-analytics",
     version="0.1.0",
@@ -39,6 +44,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*", "schemas"]),
     package_data={"schemas": ["*.avsc", "*.json", "*.sql"]},
+    ext_modules=[FAST_JSON_EXTENSION],
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES, "fuzz": FUZZ_REQUIRES, "bench": BENCH_REQUIRES},
 )

@@ -1,6 +1,7 @@
 """One measurement in a fresh process: ``python -m benchmarks.measure VARIANT FILE [--workers N]`` -> one JSON line.
 
-Variants: ``plain`` (the single-process loop), ``parse_validate`` (parsing and validating alone, in memory),
+Variants: ``plain`` (the single-process loop), ``parse_validate`` (parsing and validating alone, in memory;
+``--fast-path`` picks the JSON fast path's implementation: the C scanner chained with msgspec, or one of them),
 ``beam`` (the main job through the CLI's ``run``; ``--workers`` 1 = in-process, 2 = two worker processes,
 ``default`` = the CLI's own choice), ``flink`` (``benchmarks/flink_kafka.py``, when that module exists).
 
@@ -116,11 +117,11 @@ def _beam(path: str, work: str, workers: str, dedup: bool = True) -> dict[str, A
     return {"counters": counters}
 
 
-def measure(variant: str, path: str, workers: str = "1", dedup: bool = True) -> dict[str, Any]:
+def measure(variant: str, path: str, workers: str = "1", dedup: bool = True, fast_path: str = "auto") -> dict[str, Any]:
     """Runs one variant on ``path``: events, seconds (wall), cpu_seconds, peak_rss (bytes), counters."""
     with tempfile.TemporaryDirectory(prefix="bench-") as work:
         if variant == "parse_validate":
-            return _measure_parse_validate(path)
+            return _measure_parse_validate(path, fast_path)
         if variant == "flink":
             from benchmarks.flink import measure_flink
 
@@ -135,14 +136,14 @@ def measure(variant: str, path: str, workers: str = "1", dedup: bool = True) -> 
         return result
 
 
-def _measure_parse_validate(path: str) -> dict[str, Any]:
+def _measure_parse_validate(path: str, fast_path: str = "auto") -> dict[str, Any]:
     """Parse + validate alone: the lines are read first, then BatchParser (fast path + reference) runs, timed."""
     from transforms.batched import BatchParser
     from transforms.io.files import read_line_range
     from transforms.records import RecordBatch
 
     batches = [RecordBatch(path, lines) for lines in read_line_range(path, 0, os.path.getsize(path))]
-    parser = BatchParser()
+    parser = BatchParser(fast_path=fast_path)
     valid = rejected = fast = 0
     cpu, started = _cpu_seconds(), time.perf_counter()
     with PeakRss() as rss:
@@ -160,20 +161,29 @@ def _measure_parse_validate(path: str) -> dict[str, Any]:
         "peak_rss": rss.peak,
         "counters": {"records_read": events, "events_valid": valid, "dead_letters": rejected},
         "fast_path_share": fast / events if events else 0.0,
+        "fast_path": fast_path,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
+    from transforms.fast_json import IMPLEMENTATIONS
+
     parser = argparse.ArgumentParser(prog="python -m benchmarks.measure")
     parser.add_argument("variant", choices=["plain", "parse_validate", "beam", "flink"])
     parser.add_argument("path")
     parser.add_argument("--workers", default="1", choices=sorted(WORKER_FLAGS))
     parser.add_argument("--no-dedup", dest="dedup", action="store_false", help="beam: without the dedup step")
+    parser.add_argument(
+        "--fast-path",
+        default="auto",
+        choices=IMPLEMENTATIONS,
+        help="parse_validate: the JSON fast path (auto: the C scanner, then msgspec; or either alone)",
+    )
     args = parser.parse_args(argv)
     if not Path(args.path).exists():
         print(f"error: no such input file: {args.path}", file=sys.stderr)
         return 2
-    print(json.dumps(measure(args.variant, args.path, args.workers, args.dedup)))
+    print(json.dumps(measure(args.variant, args.path, args.workers, args.dedup, args.fast_path)))
     return 0
 
 

@@ -76,12 +76,16 @@ class BatchParser:
         max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
         max_payload_bytes: int = 1 << 20,
         clock: Callable[[], int] = now_us,
+        fast_path: str = "auto",
     ) -> None:
+        """``fast_path``: which JSON fast path implementation (``fast_json.IMPLEMENTATIONS``; benchmarks compare)."""
         self._decode = decoder_for(fmt)
         self._max_payload_bytes = max_payload_bytes
         self._validator = EventValidator(key_field, max_clock_skew_s, clock)
         self._fast = (
-            FastJsonValidator(key_field, max_clock_skew_s, max_payload_bytes, clock) if fmt == FORMAT_JSON else None
+            FastJsonValidator(key_field, max_clock_skew_s, max_payload_bytes, clock, fast_path)
+            if fmt == FORMAT_JSON
+            else None
         )
 
     def parse(self, batch: RecordBatch) -> tuple[ParsedBatch, list[tuple[int, Rejection]]]:

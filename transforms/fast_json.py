@@ -1,4 +1,4 @@
-"""The fast path for plainly valid JSON events: one msgspec decode does most of the contract's checks in C.
+"""The fast path for plainly valid JSON events: compiled code does the contract's checks (a C scanner or msgspec).
 
 The reference (``parse.decode_json`` + ``validate.EventValidator``) is exact and decides every error code, field
 and message, but costs several microseconds per record in Python. Most records are plainly valid, and for those
@@ -12,10 +12,17 @@ check fields it skips), UTF-16 surrogate escapes, integers beyond 64 bits, non-f
 do not match the pattern, event times out of range or in an unusual shape, and any --key_field other than a
 contract string field or ``properties.<name>``. ``tests/unit/test_fast_json.py`` checks fast path == reference
 (outcome and every field) on generated near-valid records.
+
+Two implementations of that one rule: the C scanner (``transforms/_fastjson.c``, an optional extension built by
+setup.py) takes a whole batch in one call and accepts the plain shape only (ASCII strings without escapes, flat
+objects, the usual event-time shapes); the msgspec path below is used where the extension is not built, and for
+the records the scanner leaves (non-ASCII text, escapes...), before the reference sees them.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any
@@ -28,16 +35,42 @@ from transforms.timefmt import US_PER_MS, now_us, parse_rfc3339_us
 from transforms.validate import (
     DEFAULT_MAX_CLOCK_SKEW_S,
     EVENT_ID_MAX,
+    EVENT_TYPE_PATTERN,
     EVENT_TYPE_REGEX,
     MIN_EVENT_TIME_US,
     PAGE_MAX,
     USER_ID_MAX,
 )
 
+try:
+    from transforms import _fastjson
+except ImportError:  # installed without a C compiler: the msgspec path does the same job, slower
+    _fastjson = None
+
+# The C scanner implements the event-type pattern by hand, so it serves only while the contract's is that one.
+NATIVE = _fastjson is not None and _fastjson.EVENT_TYPE_PATTERN == EVENT_TYPE_PATTERN
+# "auto": the C scanner, then msgspec for the records it leaves (msgspec alone without the extension);
+# "native": the C scanner alone; "msgspec": the Python path alone (tests and benchmarks compare them).
+IMPLEMENTATIONS = ("auto", "native", "msgspec")
+_LOG = logging.getLogger(__name__)
+
+
+@functools.cache
+def _warn_not_native() -> None:
+    """Once per process: the job still runs (the msgspec path), but operators should know why it is slower."""
+    _LOG.warning(
+        "JSON fast path: the C extension transforms/_fastjson.c is not built in this installation (no C compiler "
+        "when it was installed?); using the msgspec path, which parses and validates several times slower"
+    )
+
+
 # Key fields the fast path reads from its typed decode; any other --key_field (an extra top-level field) goes
 # through the reference, which stringifies whatever JSON value it finds there.
 FAST_KEY_FIELDS = ("page", "event_id", "event_type", "user_id")
 _INT64 = 2**63
+# The scanner's key kinds (transforms/_fastjson.c); 4 is properties.<name>.
+_NATIVE_KEY_KINDS = {name: kind for kind, name in enumerate(FAST_KEY_FIELDS)}
+_NATIVE_KEY_PROPERTY = len(FAST_KEY_FIELDS)
 
 
 class _PlainEvent(Struct, gc=False):
@@ -70,6 +103,10 @@ def valid_of(index: int, event: Event) -> Valid:
             event.properties, event.key)  # fmt: skip
 
 
+def _position(valid: Valid) -> int:
+    return valid[0]
+
+
 def event_of(valid: Valid, payload: bytes, source: str, metadata: Any = None, arrival_us: int = 0) -> Event:
     return Event(*valid[1:], payload, source, metadata, arrival_us)
 
@@ -83,7 +120,12 @@ class FastJsonValidator:
         max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
         max_payload_bytes: int = 1 << 20,
         clock: Callable[[], int] = now_us,
+        implementation: str = "auto",
     ) -> None:
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {', '.join(IMPLEMENTATIONS)}, got {implementation!r}")
+        if implementation == "native" and not NATIVE:
+            raise ValueError("the C fast path (transforms/_fastjson.c) is not built in this installation")
         self._max_skew_us = int(max_clock_skew_s * 1_000_000)
         self._max_payload_bytes = max_payload_bytes
         self._clock = clock
@@ -93,6 +135,16 @@ class FastJsonValidator:
         self.enabled = key_field in FAST_KEY_FIELDS or bool(prop)
         self._property = prop
         self._key_field = key_field
+        self._native = NATIVE and implementation != "msgspec"
+        if implementation == "auto" and not NATIVE:
+            _warn_not_native()
+        self._msgspec = implementation != "native"
+        self._native_key = _NATIVE_KEY_KINDS.get(key_field, _NATIVE_KEY_PROPERTY)
+
+    @property
+    def native(self) -> bool:
+        """Whether the C scanner takes the batches first."""
+        return self._native
 
     def validate_batch(self, payloads: Sequence[bytes]) -> tuple[list[Valid], list[int]]:
         """(the records it accepts, the positions it leaves to the reference), in batch order.
@@ -101,10 +153,34 @@ class FastJsonValidator:
         clock only moves on), and a later one goes to the reference, which reads the clock itself.
         """
         latest = self._clock() + self._max_skew_us
+        if not self.enabled:
+            return [], list(range(len(payloads)))
+        if not self._native:
+            return self._msgspec_batch(payloads, range(len(payloads)), latest)
+        accepted, rest = _fastjson.validate_batch(
+            payloads,
+            MIN_EVENT_TIME_US,
+            max(-_INT64, min(latest, _INT64 - 1)),
+            self._max_payload_bytes,
+            EVENT_ID_MAX,
+            USER_ID_MAX,
+            PAGE_MAX,
+            self._native_key,
+            self._property,
+        )
+        if rest and self._msgspec:
+            more, rest = self._msgspec_batch(payloads, rest, latest)
+            if more:
+                accepted += more
+                accepted.sort(key=_position)
+        return accepted, rest
+
+    def _msgspec_batch(
+        self, payloads: Sequence[bytes], positions: Sequence[int], latest: int
+    ) -> tuple[list[Valid], list[int]]:
+        """The msgspec path over the records at ``positions`` (ascending)."""
         accepted: list[Valid] = []
         rest: list[int] = []
-        if not self.enabled:
-            return accepted, list(range(len(payloads)))
         accept, refer = accepted.append, rest.append
         decode = _decode_plain
         seconds = self._seconds
@@ -112,8 +188,9 @@ class FastJsonValidator:
         prop = self._property
         key_field = self._key_field
         key_is_page = key_field == "page"
-        suspects = self._suspects(payloads)
-        for i, payload in enumerate(payloads):
+        suspects = self._suspects(payloads, positions)
+        for i in positions:
+            payload = payloads[i]
             if suspects and i in suspects and not self._passes_guards(payload):
                 refer(i)
                 continue
@@ -188,17 +265,18 @@ class FastJsonValidator:
             accept((i, plain.event_id, event_type, plain.user_id, us, page, value, properties, key))
         return accepted, rest
 
-    def _suspects(self, payloads: Sequence[bytes]) -> set[int]:
+    def _suspects(self, payloads: Sequence[bytes], positions: Sequence[int]) -> set[int]:
         """Records that trip a batch-wide check (non-ASCII, a surrogate escape, length): checked one by one."""
-        joined = b"\n".join(payloads)
+        chosen = payloads if len(positions) == len(payloads) else [payloads[i] for i in positions]
+        joined = b"\n".join(chosen)
         suspects: set[int] = set()
-        if max(map(len, payloads), default=0) > min(self._max_payload_bytes, _SHALLOW_BYTES):
-            limit = min(self._max_payload_bytes, _SHALLOW_BYTES)
-            suspects.update(i for i, payload in enumerate(payloads) if len(payload) > limit)
+        limit = min(self._max_payload_bytes, _SHALLOW_BYTES)
+        if max(map(len, chosen), default=0) > limit:
+            suspects.update(i for i in positions if len(payloads[i]) > limit)
         if not joined.isascii():
-            suspects.update(i for i, payload in enumerate(payloads) if not payload.isascii())
+            suspects.update(i for i in positions if not payloads[i].isascii())
         if b"\\ud" in joined or b"\\uD" in joined:
-            suspects.update(i for i, payload in enumerate(payloads) if b"\\u" in payload)
+            suspects.update(i for i in positions if b"\\u" in payloads[i])
         return suspects
 
     def _passes_guards(self, payload: bytes) -> bool:

@@ -8,8 +8,9 @@ Checked per input: no exception; exactly one outcome, a valid ``Event`` or one `
 to the stage and format that produced it (payload-level codes have no field, field codes name a contract field);
 a valid event meets the contract; ``payload_too_large`` exactly when the payload is over the limit; for JSON,
 ``invalid_encoding`` exactly when the payload is not UTF-8; the same bytes give the same outcome (every 16th
-input is run twice). Memory: the process's resident set size, sampled as it goes, and tracemalloc's peak for
-the heaviest inputs, measured in a second pass.
+input is run twice); a JSON input the C fast path (``transforms/_fastjson.c``) accepts is the reference's very
+``Event``, field by field and type by type. Memory: the process's resident set size, sampled as it goes, and
+tracemalloc's peak for the heaviest inputs, measured in a second pass.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tests.fuzz.inputs import MAX_PAYLOAD, NOW_US, InputGenerator, fuzz_registry
 from tests.unit.test_property_one_outcome import FIELD_CODES, FIELDS, check_event_meets_contract
 from transforms import dead_letter as dl
 from transforms.dead_letter import Rejection
+from transforms.fast_json import NATIVE, FastJsonValidator, event_of
 from transforms.parse import confluent_avro_decoder, decode_avro, decode_json, parse_record
 from transforms.records import Event, SourceRecord
 from transforms.validate import EventValidator
@@ -100,6 +102,11 @@ class Harness:
             "confluent-avro": confluent_avro_decoder(fuzz_registry()),
         }
         self.validator = EventValidator(clock=lambda: NOW_US)
+        self.fast = (
+            FastJsonValidator(max_payload_bytes=MAX_PAYLOAD, clock=lambda: NOW_US, implementation="native")
+            if NATIVE
+            else None
+        )
 
     def outcome(self, payload: bytes, fmt: str) -> tuple[str, Event | Rejection]:
         record = SourceRecord(payload, SOURCE, None)
@@ -133,7 +140,21 @@ class Harness:
             raise AssertionError(f"invalid_encoding mismatch: {name}")
         if again and self.outcome(payload, fmt) != (stage, result):
             raise AssertionError("the same bytes gave another outcome")
+        if fmt == "json" and self.fast is not None:
+            self._check_fast_path(payload, result)
         return name
+
+    def _check_fast_path(self, payload: bytes, result: Event | Rejection) -> None:
+        accepted = self.fast.validate_batch([payload])[0]
+        if not accepted:
+            return  # left to the reference, as anything may be
+        got = event_of(accepted[0], payload, SOURCE)
+        if not (type(result) is Event and got == result and all(map(_same_type, got, result))):
+            raise AssertionError(f"the C fast path accepted it as {got!r:.300}; the reference: {result!r:.300}")
+
+
+def _same_type(a: Any, b: Any) -> bool:
+    return type(a) is type(b)
 
 
 def _is_utf8(payload: bytes) -> bool:
