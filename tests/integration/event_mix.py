@@ -18,13 +18,15 @@ from transforms.timefmt import format_rfc3339_us, now_us
 MINUTE_US = 60_000_000
 
 
-def event_fields(event_id: str, at_us: int, user: str, value: int, event_type: str = "click") -> dict:
+def event_fields(
+    event_id: str, at_us: int, user: str, value: int, event_type: str = "click", page: str = "/home"
+) -> dict:
     return {
         "event_id": event_id,
         "event_type": event_type,
         "user_id": user,
         "event_time": format_rfc3339_us(at_us),
-        "page": "/home",
+        "page": page,
         "value": value,
     }
 

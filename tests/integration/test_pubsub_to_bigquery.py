@@ -16,10 +16,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.graph import build_pipeline
 from pipelines.runners import local_runner
+from tests.integration.event_mix import MINUTE_US, as_json, event_fields, recent_window
 from tests.integration.results import wait_for_bigquery
 from tests.integration.test_bigquery_sink import METHODS, endpoint_args
-from tests.integration.test_pubsub_e2e import MINUTE_US, PROJECT, _event
-from transforms.timefmt import format_rfc3339_us, now_us
+from tests.integration.test_pubsub_e2e import PROJECT
+from transforms.timefmt import format_rfc3339_us
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -31,19 +32,19 @@ def test_pubsub_to_bigquery_exact_aggregates_and_dead_letters(pubsub_emulator, d
     publisher.create_topic(name=topic)
     subscriber.create_subscription(name=subscription, topic=topic)
 
-    window_a = (now_us() // MINUTE_US - 4) * MINUTE_US
+    window_a = recent_window()
     window_b = window_a + MINUTE_US
     valid = [
-        _event("a1", window_a + 1_000_000, "u1", 1),
-        _event("a2", window_a + 2_000_000, "u2", 2, page="/cart"),
-        _event("a3", window_a + 3_000_000, "u1", 4),
-        _event("b1", window_b + 1_000_000, "u3", 8),
+        as_json(event_fields("a1", window_a + 1_000_000, "u1", 1)),
+        as_json(event_fields("a2", window_a + 2_000_000, "u2", 2, page="/cart")),
+        as_json(event_fields("a3", window_a + 3_000_000, "u1", 4)),
+        as_json(event_fields("b1", window_b + 1_000_000, "u3", 8)),
     ]
     bad = {
         b'{"event_id": "m1", ': "malformed_json",
         b'{"event_id":"t1","event_type":"Click","user_id":"u","event_time":"2024-01-01T00:00:00Z"}': "invalid_value",
         b"[1, 2, 3]": "not_an_object",
-        _event("late1", window_a - 30 * MINUTE_US, "u9", 99): "too_late",
+        as_json(event_fields("late1", window_a - 30 * MINUTE_US, "u9", 99)): "too_late",
     }
     options = PipelineOptions(
         [
