@@ -195,3 +195,20 @@ def test_add_rows_is_adding_one_by_one(values):
     assert at_once.count == one_by_one.count
     assert at_once.value_sum() == one_by_one.value_sum()  # exact, or the same infinity beyond the double range
     assert at_once.sketch.to_bytes() == one_by_one.sketch.to_bytes()
+
+
+def test_bounded_input_workers_collect_garbage_less_often_and_never_more_often():
+    import gc
+
+    from transforms.batched import GC_THRESHOLDS, relax_gc_for_bounded_input
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)  # CPython's defaults
+        relax_gc_for_bounded_input()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        gc.set_threshold(10 * GC_THRESHOLDS[0], 5, 1000)  # an operator's higher setting stays as it is
+        relax_gc_for_bounded_input()
+        assert gc.get_threshold() == (10 * GC_THRESHOLDS[0], 5, 1000)
+    finally:
+        gc.set_threshold(*saved)
