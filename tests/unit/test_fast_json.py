@@ -33,6 +33,7 @@ from tests.unit.test_property_one_outcome import (
     near_valid_objects,
     rfc3339,
     to_json,
+    with_raw_literal,
 )
 from transforms import dead_letter as dl
 from transforms import fast_json
@@ -190,8 +191,7 @@ def test_near_valid_records_match_reference(items: list, key_field: str) -> None
 @settings(PROPERTY, max_examples=300)
 @given(valid_objects(), st.sampled_from([*FIELDS, "tenant", "extra"]), RAW_LITERALS)
 def test_raw_literal_splices_match_reference(obj: dict[str, Any], field: str, literal: str) -> None:
-    obj[field] = "@@RAW@@"
-    payload = to_json(obj, False).replace(b'"@@RAW@@"', literal.encode())
+    payload = with_raw_literal(obj, field, literal)
     check_fast_path([payload])
     check_batch_parser([payload])
 

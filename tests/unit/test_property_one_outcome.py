@@ -285,6 +285,11 @@ def to_json(obj: Any, ascii_only: bool) -> bytes:
     return json.dumps(obj, ensure_ascii=ascii_only).encode("utf-8")
 
 
+def with_raw_literal(obj: dict[str, Any], field: str, literal: str) -> bytes:
+    """``obj`` as JSON with ``field``'s value replaced by ``literal`` spliced in as is (not a JSON string)."""
+    return to_json({**obj, field: "@@RAW@@"}, False).replace(b'"@@RAW@@"', literal.encode())
+
+
 # Raw JSON text that has no Python/json.dumps equivalent, spliced in place of a field's value.
 RAW_LITERALS = st.sampled_from(
     [
@@ -370,8 +375,7 @@ def test_near_valid_json_objects_follow_the_contract(obj: dict[str, Any], ascii_
 @settings(PROPERTY, max_examples=400)
 @given(near_valid_objects(), st.sampled_from([*FIELDS, "tenant", "extra"]), RAW_LITERALS)
 def test_raw_json_literal_splices_have_one_outcome(obj: dict[str, Any], field: str, literal: str) -> None:
-    obj[field] = "@@RAW@@"
-    payload = to_json(obj, False).replace(b'"@@RAW@@"', literal.encode())
+    payload = with_raw_literal(obj, field, literal)
     assume(len(payload) <= MAX_PAYLOAD)
     result = check_one_outcome(payload, "json")
     check_one_outcome(payload, "json", KEYED_VALIDATOR)  # an extra field as the key never breaks validation
