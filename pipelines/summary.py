@@ -11,7 +11,7 @@ import orjson
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
-from transforms.parse import METRICS_NAMESPACE
+from transforms.metrics import NAMESPACE as METRICS_NAMESPACE
 
 
 def counters(result: PipelineResult) -> dict[str, int]:

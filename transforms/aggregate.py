@@ -15,7 +15,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
 
-from transforms.parse import METRICS_NAMESPACE
+from transforms.metrics import NAMESPACE as METRICS_NAMESPACE
 from transforms.records import Event
 from transforms.sketch import DistinctSketch
 from transforms.timefmt import format_rfc3339_us, now_us

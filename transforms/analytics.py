@@ -24,7 +24,8 @@ from transforms.batched import (
 )
 from transforms.dedup import DEFAULT_DEDUP_HORIZON_S, UNIQUE, DeduplicateEvents
 from transforms.guard import guarded_map
-from transforms.parse import FORMAT_JSON, METRICS_NAMESPACE, ParseEvents
+from transforms.metrics import NAMESPACE as METRICS_NAMESPACE
+from transforms.parse import FORMAT_JSON, ParseEvents
 from transforms.pseudonymize import PseudonymizeDeadLetters, PseudonymizeEvents
 from transforms.records import Event
 from transforms.validate import DEFAULT_MAX_CLOCK_SKEW_S, ValidateEvents

@@ -43,7 +43,8 @@ from transforms.dead_letter import Rejection
 from transforms.dedup import Row, keep_first_per_horizon
 from transforms.fast_json import FastJsonValidator, Valid, valid_of
 from transforms.guard import processing_error_dead_letters
-from transforms.parse import FORMAT_JSON, METRICS_NAMESPACE, decoder_for, parse_record
+from transforms.metrics import NAMESPACE as METRICS_NAMESPACE
+from transforms.parse import FORMAT_JSON, decoder_for, parse_record
 from transforms.pseudonymize import USER_ID, Pseudonymizer, load_key
 from transforms.records import RecordBatch, SourceRecord
 from transforms.secrets import parse_secret_ref

@@ -19,7 +19,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms import dead_letter as dl
 from transforms.guard import dead_letter_on_error
-from transforms.parse import METRICS_NAMESPACE
+from transforms.metrics import NAMESPACE as METRICS_NAMESPACE
 from transforms.records import Event
 
 DEFAULT_DEDUP_HORIZON_S = 600

@@ -29,7 +29,7 @@ from typing import Any
 import apache_beam as beam
 
 from transforms import dead_letter as dl
-from transforms.parse import METRICS_NAMESPACE
+from transforms.metrics import NAMESPACE as METRICS_NAMESPACE
 from transforms.records import Event, SourceRecord
 
 _LOG = logging.getLogger(__name__)

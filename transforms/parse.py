@@ -22,6 +22,7 @@ from transforms import dead_letter as dl
 from transforms.avro_compat import incompatibility, parsed_schema
 from transforms.avro_scan import canonical_or_violation, first_violation
 from transforms.dead_letter import Rejection
+from transforms.metrics import NAMESPACE as METRICS_NAMESPACE
 from transforms.records import RecordBatch, SourceRecord
 
 FORMAT_JSON = "json"
@@ -30,7 +31,6 @@ FORMAT_AVRO = "avro"
 FORMAT_CONFLUENT_AVRO = "confluent-avro"
 FORMATS = (FORMAT_JSON, FORMAT_AVRO, FORMAT_CONFLUENT_AVRO)
 
-METRICS_NAMESPACE = "realtime_analytics"
 
 Decoded = dict[str, Any]
 Decoder = Callable[[bytes], "Decoded | Rejection"]

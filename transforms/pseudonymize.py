@@ -36,7 +36,8 @@ import orjson
 
 import schemas
 from transforms import dead_letter as dl
-from transforms.parse import FORMAT_AVRO, FORMAT_CONFLUENT_AVRO, FORMAT_JSON, METRICS_NAMESPACE
+from transforms.metrics import NAMESPACE as METRICS_NAMESPACE
+from transforms.parse import FORMAT_AVRO, FORMAT_CONFLUENT_AVRO, FORMAT_JSON
 from transforms.records import Event
 from transforms.secrets import SecretError, parse_secret_ref, resolve_secret
 

@@ -18,7 +18,7 @@ import orjson
 
 from transforms import dead_letter as dl
 from transforms.dead_letter import Rejection
-from transforms.parse import METRICS_NAMESPACE
+from transforms.metrics import NAMESPACE as METRICS_NAMESPACE
 from transforms.records import Event, SourceRecord
 from transforms.timefmt import US_PER_MS, now_us, parse_rfc3339_us
 

@@ -14,7 +14,7 @@ from apache_beam.utils.timestamp import Timestamp
 from pipelines.runners import fix_streaming_direct_runner_metrics
 from pipelines.summary import counters
 from transforms.dedup import UNIQUE, DeduplicateEvents, is_duplicate
-from transforms.parse import METRICS_NAMESPACE
+from transforms.metrics import NAMESPACE as METRICS_NAMESPACE
 from transforms.records import Event, EventCoder
 
 S = 1_000_000

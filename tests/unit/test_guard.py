@@ -21,7 +21,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from transforms import dead_letter as dl
 from transforms.guard import dead_letter_on_error, guarded_map, processing_error_dead_letters, records_in
-from transforms.parse import METRICS_NAMESPACE
+from transforms.metrics import NAMESPACE as METRICS_NAMESPACE
 from transforms.records import Event, SourceRecord
 
 

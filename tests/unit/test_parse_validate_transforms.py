@@ -18,7 +18,8 @@ from apache_beam.transforms.window import TimestampedValue
 import schemas
 from transforms import dead_letter as dl
 from transforms.io.files import read_avro_container
-from transforms.parse import METRICS_NAMESPACE, ParseEvents
+from transforms.metrics import NAMESPACE as METRICS_NAMESPACE
+from transforms.parse import ParseEvents
 from transforms.records import Event, SourceRecord
 from transforms.timefmt import format_rfc3339_us, parse_rfc3339_us
 from transforms.validate import ValidateEvents

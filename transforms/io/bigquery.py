@@ -44,7 +44,7 @@ from schemas import AGGREGATES_TABLE, DEAD_LETTER_TABLE, bigquery_schema
 from transforms import dead_letter as dl
 from transforms.io.bigquery_storage import WriteToBigQueryStorage, json_text
 from transforms.io.gcp import PROJECT_ID
-from transforms.parse import METRICS_NAMESPACE
+from transforms.metrics import NAMESPACE as METRICS_NAMESPACE
 
 SCHEME = "bigquery"
 EMULATOR_HOST_ENV = "BIGQUERY_EMULATOR_HOST"

@@ -56,7 +56,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from schemas import bigquery_schema
 from transforms.faults import fail_once
-from transforms.parse import METRICS_NAMESPACE
+from transforms.metrics import NAMESPACE as METRICS_NAMESPACE
 from transforms.timefmt import parse_rfc3339_us
 
 _LOG = logging.getLogger(__name__)

@@ -1,0 +1,67 @@
+"""Every metric the pipeline reports, by name: one namespace, one module.
+
+They are Beam metrics, so every runner carries them: the direct runner's result, Flink's metric reporters
+(Prometheus: docs/operations.md), Dataflow's Cloud Monitoring (custom counters and distributions). Counting
+happens per batch, never per event, so the cost per event is negligible.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+
+NAMESPACE = "realtime_analytics"
+
+# --- counters -----------------------------------------------------------------------------------------------------
+RECORDS_READ = "records_read"  # every record read, whatever the source
+EVENTS_VALID = "events_valid"  # parsed and valid (contract v1)
+DUPLICATES = "duplicates"  # dropped by the event_id dedup
+TOO_LATE = "too_late"  # beyond the allowed lateness: dead letters (too_late)
+DEAD_LETTERS = "dead_letters"  # every dead letter, whatever its code and stage
+AGGREGATE_ROWS = "aggregate_rows"  # every aggregate row emitted, whatever its pane
+PROCESSING_ERRORS = "processing_errors"  # records a step threw on (dead letters processing_error)
+DEDUP_STATE_IDS = "dedup_state_ids"  # ids held in dedup state: + ids added, - ids expired
+DEAD_LETTER_PAYLOADS_WITHHELD = "dead_letter_payloads_withheld"
+BIGQUERY_ROWS_REJECTED = "bigquery_rows_rejected"
+DEAD_LETTER_WRITE_FAILURES = "dead_letter_write_failures"
+BIGQUERY_STREAMS_CREATED = "bigquery_streams_created"
+BIGQUERY_STREAMS_REPLACED = "bigquery_streams_replaced"
+BIGQUERY_ROWS_APPENDED = "bigquery_rows_appended"
+BIGQUERY_ROWS_ALREADY_WRITTEN = "bigquery_rows_already_written"
+BIGQUERY_APPEND_RETRIES = "bigquery_append_retries"
+
+# --- distributions (milliseconds) ---------------------------------------------------------------------------------
+LATENCY_ARRIVAL_TO_EMIT_MS = "latency_arrival_to_emit_ms"  # source timestamp of a record -> its aggregate row emitted
+LATENCY_EVENT_TO_EMIT_MS = "latency_event_to_emit_ms"  # event time of a record -> its aggregate row emitted
+
+# --- gauges -------------------------------------------------------------------------------------------------------
+FRESHNESS_LAG_MS = "freshness_lag_ms"  # processing time - end of the newest window emitted
+
+
+def records_read_from(scheme: str) -> str:
+    """Records read per source kind: ``records_read_kafka``, ``..._pubsub``, ``..._file``, ``..._synthetic``."""
+    return f"{RECORDS_READ}_{scheme or 'file'}"
+
+
+def dead_letters_with_code(code: str) -> str:
+    return f"{DEAD_LETTERS}_{code}"
+
+
+def dead_letters_at_stage(stage: str) -> str:
+    return f"{DEAD_LETTERS}_stage_{stage}"
+
+
+def aggregate_rows_with_timing(timing: str) -> str:
+    """``aggregate_rows_early``, ``aggregate_rows_on_time``, ``aggregate_rows_late``."""
+    return f"{AGGREGATE_ROWS}_{timing.lower()}"
+
+
+def counter(name: str) -> beam.metrics.metricbase.Counter:
+    return beam.metrics.Metrics.counter(NAMESPACE, name)
+
+
+def distribution(name: str) -> beam.metrics.metricbase.Distribution:
+    return beam.metrics.Metrics.distribution(NAMESPACE, name)
+
+
+def gauge(name: str) -> beam.metrics.metricbase.Gauge:
+    return beam.metrics.Metrics.gauge(NAMESPACE, name)
