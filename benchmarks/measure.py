@@ -89,22 +89,35 @@ WORKER_FLAGS = {
 }
 
 
-def _without_dedup() -> None:
-    """The job with dedup switched off (no option does that): shows what memory the rest of the job needs."""
-    import dataclasses
+def _beam_without_dedup(path: str, work: str, workers: str) -> dict[str, Any]:
+    """The job's graph without its dedup step (benchmarks/graphs.py), on the direct runner as the CLI runs it."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines import graph
+    from benchmarks.graphs import WithoutDedup
+    from pipelines.runners import local_runner
+    from pipelines.summary import counters as counters_of
+    from transforms.analytics import AGGREGATES, DEAD_LETTERS, AnalyticsConfig
+    from transforms.batching import GC_THRESHOLDS
+    from transforms.io import ReadRecords, WriteRows
 
-    configured = graph.analytics_config
-    graph.analytics_config = lambda options: dataclasses.replace(configured(options), dedup_impl="off")
+    options = PipelineOptions(WORKER_FLAGS[workers])
+    pipeline = beam.Pipeline(runner=local_runner(options, streaming=False), options=options)
+    outputs = pipeline | "ReadRecords" >> ReadRecords(path) | WithoutDedup(AnalyticsConfig(gc_thresholds=GC_THRESHOLDS))
+    _ = outputs[AGGREGATES] | "WriteAggregates" >> WriteRows(f"{work}/aggregates")
+    _ = outputs[DEAD_LETTERS] | "WriteDeadLetters" >> WriteRows(f"{work}/dead_letter")
+    result = pipeline.run()
+    result.wait_until_finish()
+    found = counters_of(result)
+    names = ("records_read", "events_valid", "dead_letters", "duplicates", "aggregate_rows")
+    return {"counters": {name: found.get(name, 0) for name in names}}
 
 
 def _beam(path: str, work: str, workers: str, dedup: bool = True) -> dict[str, Any]:
     from pipelines.streaming_analytics import run
 
     if not dedup:
-        _without_dedup()
-
+        return _beam_without_dedup(path, work, workers)
     summary = run(
         [f"--source={path}", f"--sink={work}/aggregates", f"--dead_letter_sink={work}/dead_letter"]
         + WORKER_FLAGS[workers]
@@ -138,8 +151,8 @@ def measure(variant: str, path: str, workers: str = "1", dedup: bool = True, fas
 
 def _measure_parse_validate(path: str, fast_path: str = "auto") -> dict[str, Any]:
     """Parse + validate alone: the lines are read first, then BatchParser (fast path + reference) runs, timed."""
-    from transforms.batched import BatchParser
     from transforms.io.files import read_line_range
+    from transforms.parse_validate import BatchParser
     from transforms.records import RecordBatch
 
     batches = [RecordBatch(path, lines) for lines in read_line_range(path, 0, os.path.getsize(path))]

@@ -307,6 +307,14 @@ class _SessionPartials:
             yield point, group, Accumulator()
 
 
+def bundle_partials(window_fn: beam_window.WindowFn) -> _SlicedPartials | _SessionPartials:
+    """Partial aggregates of a bundle for ``window_fn``: ``fold(rows)`` computes some (without side effects),
+    ``merge`` takes them in, ``outputs()`` gives (timestamp µs, group, accumulator) to window by ``window_fn``."""
+    if isinstance(window_fn, beam_window.Sessions):
+        return _SessionPartials(window_fn)
+    return _SlicedPartials(window_fn)
+
+
 class _PreAggregateDoFn(beam.DoFn):
     """Sums a bundle's rows per window slice (or session chain) and group; emits the partials when the bundle
     finishes, in the global window, stamped so that ``WindowInto`` assigns each the windows of its events.
@@ -321,11 +329,7 @@ class _PreAggregateDoFn(beam.DoFn):
         self._window_fn = self._spec.window_fn()
 
     def start_bundle(self) -> None:
-        self._partials = (
-            _SessionPartials(self._window_fn)
-            if isinstance(self._window_fn, beam_window.Sessions)
-            else _SlicedPartials(self._window_fn)
-        )
+        self._partials = bundle_partials(self._window_fn)
         self._held: list[RowBatch] = []
         self._held_rows = 0
 
