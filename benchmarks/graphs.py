@@ -35,7 +35,7 @@ class WithoutDedup(beam.PTransform):
         validated = parsed.parsed | "ValidateEvents" >> ValidateEvents(*args)
         timed = validated.valid | "AssignEventTime" >> AssignEventTime()
         windowed = timed.rows | "WindowEvents" >> WindowEvents(cfg.window, streaming=False)
-        aggregates = windowed["partials"] | "WindowedAggregates" >> WindowedAggregates(bounded=True)
+        aggregates = windowed["partials"] | "WindowedAggregates" >> WindowedAggregates()
         dead = (
             parsed[dl.DEAD_LETTER_TAG],
             validated[dl.DEAD_LETTER_TAG],

@@ -13,6 +13,11 @@ from fractions import Fraction
 from typing import Any, NamedTuple
 
 import apache_beam as beam
+from apache_beam.coders import VarIntCoder
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import GlobalWindows, IntervalWindow
+from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
 
 from transforms import metrics
@@ -264,22 +269,15 @@ class _FormatRowDoFn(beam.DoFn):
         self._arrival_latency = metrics.distribution(metrics.LATENCY_ARRIVAL_TO_EMIT_MS)
         self._event_latency = metrics.distribution(metrics.LATENCY_EVENT_TO_EMIT_MS)
         self._freshness = metrics.gauge(metrics.FRESHNESS_LAG_MS)
-
-    def start_bundle(self) -> None:
         self._newest_window_end_us = _NONE_YET
 
-    def process(
-        self,
-        element: tuple[GroupKey, AggregateResult],
-        window=beam.DoFn.WindowParam,
-        pane=beam.DoFn.PaneInfoParam,
-    ) -> Iterator[dict[str, Any]]:
-        group, result = element
+    def row(self, group: GroupKey, result: AggregateResult, window: Any, pane: PaneInfo) -> dict[str, Any] | None:
+        """The row of a pane, counted; None for an empty pane."""
         if result[0] == 0:
             # An empty pane: no event of this group in it. In accumulating mode every real pane holds at least the
             # group's first event, so this carries nothing; a runner that closes a window whose state was already
             # cleared (Flink at the end of a bounded stream) can fire one.
-            return
+            return None
         if self._bounded and not (pane.is_last and pane.timing == PaneInfoTiming.ON_TIME):
             # Bounded input gets exactly one pane per window and group, all on time, but runners do not all say so:
             # the FnApiRunner does not flag it last, Flink's batch mode gives no pane information at all (UNKNOWN).
@@ -290,26 +288,93 @@ class _FormatRowDoFn(beam.DoFn):
         if not self._bounded:
             self._arrival_latency.update((emitted_at_us - result.newest_arrival_us) // 1000)
             self._event_latency.update((emitted_at_us - result.newest_event_us) // 1000)
-            if window.end.micros > self._newest_window_end_us:
-                self._newest_window_end_us = window.end.micros
+            self._newest_window_end_us = max(self._newest_window_end_us, window.end.micros)
             self._freshness.set((emitted_at_us - self._newest_window_end_us) // 1000)
-        yield aggregate_row(group, result, window, pane, emitted_at_us)
+        return aggregate_row(group, result, window, pane, emitted_at_us)
+
+    def process(
+        self,
+        element: tuple[GroupKey, AggregateResult],
+        window=beam.DoFn.WindowParam,
+        pane=beam.DoFn.PaneInfoParam,
+    ) -> Iterator[dict[str, Any]]:
+        row = self.row(element[0], element[1], window, pane)
+        if row is not None:
+            yield row
 
 
 _FINAL_PANE = PaneInfo(True, True, PaneInfoTiming.ON_TIME, 0, 0)
+PaneKey = tuple[int, int, str, "str | None"]  # window start and end (µs), event_type, key
+
+
+def _with_its_pane(
+    element: tuple[GroupKey, AggregateResult], window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam
+) -> tuple[PaneKey, tuple]:
+    (event_type, key), result = element
+    pane_info = (pane.is_first, pane.is_last, pane.timing, pane.index, pane.nonspeculative_index)
+    return (window.start.micros, window.end.micros, event_type, key), (tuple(result), pane_info)
+
+
+class _FormatNewPanesDoFn(_FormatRowDoFn):
+    """Unbounded input: a LATE pane whose window and group got no event since the pane before is dropped.
+
+    In accumulating mode such a pane repeats the previous one. Runners emit one when a window expires although no
+    late data arrived: Prism always does (it ignores the windowing strategy's closing behaviour), and Beam Python
+    asks every runner for ``EMIT_ALWAYS``. The count of the last pane emitted is kept per window and group (in the
+    global window, which never merges, whatever the windows), until the window expires.
+    """
+
+    EMITTED = ReadModifyWriteStateSpec("emitted_count", VarIntCoder())
+    EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
+
+    def __init__(self, lateness_us: int) -> None:
+        super().__init__(bounded=False)
+        self._lateness_us = lateness_us
+
+    def process(
+        self,
+        element: tuple[PaneKey, tuple],
+        emitted=beam.DoFn.StateParam(EMITTED),
+        expiry=beam.DoFn.TimerParam(EXPIRY),
+    ) -> Iterator[dict[str, Any]]:
+        (start_us, end_us, event_type, key), (result, pane_info) = element
+        result = AggregateResult(*result)
+        pane = PaneInfo(*pane_info)
+        if pane.timing == PaneInfoTiming.LATE and emitted.read() == result.event_count:
+            return
+        window = IntervalWindow(Timestamp(micros=start_us), Timestamp(micros=end_us))
+        row = self.row((event_type, key), result, window, pane)
+        if row is None:
+            return
+        emitted.write(result.event_count)
+        expiry.set(Timestamp(micros=end_us + self._lateness_us))
+        yield row
+
+    @on_timer(EXPIRY)
+    def expire(self, emitted=beam.DoFn.StateParam(EMITTED)) -> None:
+        emitted.clear()
 
 
 class WindowedAggregates(beam.PTransform):
     """((event_type, key), partial Accumulator) in windows -> one aggregate row per (window, event_type, key) and
-    pane. ``bounded``: one final on-time pane per window and group."""
+    pane, in the global window (the row names its window).
 
-    def __init__(self, bounded: bool = False) -> None:
+    ``lateness_s`` (unbounded input): the windows' allowed lateness; a LATE pane that repeats the one before it is
+    dropped. None: bounded input, one final on-time pane per window and group.
+    """
+
+    def __init__(self, lateness_s: int | None = None) -> None:
         super().__init__()
-        self._bounded = bounded
+        self._lateness_s = lateness_s
 
     def expand(self, partials):
+        combined = partials | "Combine" >> beam.CombinePerKey(MergeAggregatesFn())
+        if self._lateness_s is None:
+            rows = combined | "ToRow" >> beam.ParDo(_FormatRowDoFn(bounded=True))
+            return rows | "GlobalWindow" >> beam.WindowInto(GlobalWindows())
         return (
-            partials
-            | "Combine" >> beam.CombinePerKey(MergeAggregatesFn())
-            | "ToRow" >> beam.ParDo(_FormatRowDoFn(self._bounded))
+            combined
+            | "WithPane" >> beam.Map(_with_its_pane)
+            | "GlobalWindow" >> beam.WindowInto(GlobalWindows())
+            | "ToRow" >> beam.ParDo(_FormatNewPanesDoFn((self._lateness_s + 1) * 1_000_000))
         )

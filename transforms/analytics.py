@@ -104,7 +104,8 @@ class StreamingAnalytics(beam.PTransform):
             extra_lateness = SAFETY_MARGIN_S
         windowed = rows | "WindowEvents" >> WindowEvents(cfg.window, cfg.streaming, extra_lateness)
         dead.append(windowed[dl.DEAD_LETTER_TAG])
-        aggregates = windowed["partials"] | "WindowedAggregates" >> WindowedAggregates(bounded=not cfg.streaming)
+        lateness = cfg.window.allowed_lateness_s + extra_lateness if cfg.streaming else None
+        aggregates = windowed["partials"] | "WindowedAggregates" >> WindowedAggregates(lateness)
         return {AGGREGATES: aggregates, DEAD_LETTERS: _collect(dead, cfg)}
 
 

@@ -20,10 +20,8 @@ from functools import partial
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.transforms import trigger as triggers
 from apache_beam.transforms import window as beam_window
-from apache_beam.transforms.core import Windowing
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
@@ -371,29 +369,6 @@ class _PreAggregateDoFn(beam.DoFn):
             yield WindowedValue((group, acc), Timestamp(micros=timestamp_us), [everywhere])
 
 
-class _WindowingClosingIfNonEmpty(Windowing):
-    """A windowing strategy whose final pane (when the window expires) is emitted only if data arrived since the
-    last pane (``EMIT_IF_NONEMPTY``). Beam Python always asks for ``EMIT_ALWAYS``, with which runners that honour
-    it (Prism, Flink, Dataflow) repeat the last pane as a LATE one when the window expires, although no late data
-    arrived."""
-
-    def to_runner_api(self, context: Any) -> Any:
-        proto = super().to_runner_api(context)
-        proto.closing_behavior = beam_runner_api_pb2.ClosingBehavior.EMIT_IF_NONEMPTY
-        return proto
-
-
-class _WindowInto(beam.WindowInto):
-    """``beam.WindowInto`` with ``_WindowingClosingIfNonEmpty``."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        w = self.windowing
-        self.windowing = _WindowingClosingIfNonEmpty(
-            w.windowfn, w.triggerfn, w.accumulation_mode, w.timestamp_combiner, w.allowed_lateness
-        )
-
-
 class WindowEvents(beam.PTransform):
     """RowBatches -> {"partials": ((event_type, key), partial Accumulator) in their windows, with the trigger
     (early/on-time/late panes, accumulating), "dead_letter": rows}.
@@ -414,7 +389,7 @@ class WindowEvents(beam.PTransform):
         partials = batches | "PreAggregate" >> beam.ParDo(_PreAggregateDoFn(spec)).with_outputs(
             dl.DEAD_LETTER_TAG, main="partials"
         )
-        windowed = partials.partials | "Into" >> _WindowInto(
+        windowed = partials.partials | "Into" >> beam.WindowInto(
             spec.window_fn(),
             trigger=spec.trigger(self._streaming),
             accumulation_mode=triggers.AccumulationMode.ACCUMULATING,

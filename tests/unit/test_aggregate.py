@@ -275,7 +275,7 @@ def test_windowed_aggregates_after_window_events_batch(batch_rows):
     with beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions([])) as p:
         rows = (
             (p | beam.Create(batches) | WindowEvents(spec, streaming=False))["partials"]
-            | WindowedAggregates(bounded=True)
+            | WindowedAggregates()
             | beam.Map(_strip)
         )
         assert_that(rows, equal_to(_expected()))
