@@ -374,7 +374,7 @@ class WindowedAggregates(beam.PTransform):
             return rows | "GlobalWindow" >> beam.WindowInto(GlobalWindows())
         return (
             combined
-            | "WithPane" >> beam.Map(_with_its_pane)
+            | "WithPane" >> beam.Map(_with_its_pane).with_output_types(tuple[tuple[int, int, str, str | None], Any])
             | "GlobalWindow" >> beam.WindowInto(GlobalWindows())
             | "ToRow" >> beam.ParDo(_FormatNewPanesDoFn((self._lateness_s + 1) * 1_000_000))
         )
