@@ -1,7 +1,9 @@
 """Per (window, event_type, key) aggregates: count, exact value sum, HLL++ distinct users, pane metadata.
 
-``value_sum`` is exact up to the final rounding (integers summed as integers, floats as Shewchuk partials), so
-the result does not depend on bundle boundaries or merge order: batch and streaming agree to the bit.
+``Accumulator`` sums rows (pre-aggregated per bundle by ``windowing.WindowEvents``); ``WindowedAggregates`` merges
+the partials per window and group and writes one row per pane. ``value_sum`` is exact up to the final rounding
+(integers summed as integers, floats as Shewchuk partials), so the result does not depend on bundle boundaries,
+batches or merge order: batch and streaming agree to the bit.
 """
 
 from __future__ import annotations

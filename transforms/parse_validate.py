@@ -207,7 +207,7 @@ class _ValidateDoFn(beam.DoFn):
         yield from _tagged(failed)
         checked = [v for result in results for v in result[0]]
         yield from _tagged(dead_letters(batch, [r for result in results for r in result[1]], dl.STAGE_VALIDATE))
-        valid = merge_valid(parsed.valid, sorted(checked, key=_position) if len(results) > 1 else checked)
+        valid = merge_valid(parsed.valid, checked)  # both in batch order: the retry takes the records in order
         if valid:
             self._valid.inc(len(valid))
             yield ValidBatch(batch, valid)
