@@ -118,7 +118,7 @@ class AnalyticsOptions(PipelineOptions):
             "--sink",
             default=DEFAULT_SINK,
             help="Aggregates: a path prefix for newline-delimited JSON files, or bigquery://PROJECT.DATASET.TABLE "
-            "(provisioned ahead: python -m pipelines.provision).",
+            "(provisioned ahead: python -m pipelines.release.provision).",
         )
         group.add_argument(
             "--dead_letter_sink",

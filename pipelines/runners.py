@@ -130,8 +130,8 @@ def prism_binary() -> str:
     import shutil
     import subprocess
 
-    from pipelines.install_once import install_once
-    from pipelines.jars import CACHE_DIR
+    from pipelines.local_run.install_once import install_once
+    from pipelines.local_run.jars import CACHE_DIR
 
     go_dir = CACHE_DIR / "go"
     binary = go_dir / "path" / "bin" / "prism"
@@ -181,7 +181,8 @@ def fill_portable_runner_options(options: PipelineOptions) -> PipelineOptions:
     return options
 
 
-# Beam's FlinkRunner, with Beam's Flink job server assembled from Maven Central by pipelines/jars.py (FLINK_JAVA).
+# Beam's FlinkRunner, with Beam's Flink job server assembled from Maven Central by pipelines/local_run/jars.py
+# (FLINK_JAVA).
 EMBEDDED_FLINK = ("[local]", "[auto]")
 
 
@@ -194,13 +195,13 @@ def is_flink(options: PipelineOptions) -> bool:
 def fill_flink_options(options: PipelineOptions) -> PipelineOptions:
     """``--runner=FlinkRunner``: the cached job server jar unless ``--flink_job_server_jar`` is given (so Beam never
     downloads one), and Python workers without Docker: LOOPBACK (in this process) on the embedded Flink
-    (``--flink_master=[local]``), a PROCESS environment (``pipelines/boot.py``, started by the TaskManager) on a
-    cluster. An explicit ``--environment_type`` wins. The Flink options of ``AnalyticsOptions`` (checkpointing, state
-    backend, restarts) get the types the job server expects. Returns ``options`` (changed in place)."""
+    (``--flink_master=[local]``), a PROCESS environment (``pipelines/local_run/boot.py``, started by the TaskManager)
+    on a cluster. An explicit ``--environment_type`` wins. The Flink options of ``AnalyticsOptions`` (checkpointing,
+    state backend, restarts) get the types the job server expects. Returns ``options`` (changed in place)."""
     from apache_beam.options.pipeline_options import FlinkRunnerOptions, PortableOptions
 
-    from pipelines.boot import python_boot_command
-    from pipelines.jars import flink_job_server_jar
+    from pipelines.local_run.boot import python_boot_command
+    from pipelines.local_run.jars import flink_job_server_jar
 
     flink = options.view_as(FlinkRunnerOptions)
     if not flink.flink_job_server_jar:
@@ -218,8 +219,8 @@ def fill_flink_options(options: PipelineOptions) -> PipelineOptions:
 
 
 def kafka_expansion_service(options: PipelineOptions):
-    """The expansion service for the Kafka transforms, matching the runner's Java side (see pipelines/jars.py)."""
-    from pipelines import jars
+    """The expansion service for the Kafka transforms, matching the runner's Java side (pipelines/local_run/jars.py)."""
+    from pipelines.local_run import jars
 
     if is_flink(options):
         # A runner-native read: Flink runs KafkaIO's UnboundedSource itself and checkpoints its offsets. The SDF read

@@ -1,9 +1,10 @@
 """Kafka (a real broker) -> the main job on a real Flink session cluster (streaming) -> the BigQuery emulator.
 
 The cluster is Flink 1.16 from PyPI (services/flink.py): a JobManager and a TaskManager process. The pipeline is
-submitted through Beam's Flink job server (pipelines/jars.py) with no Flink-specific flag besides ``--flink_master``;
+submitted through Beam's Flink job server (pipelines/local_run/jars.py) with no Flink-specific flag besides
+``--flink_master``;
 the TaskManager reads Kafka itself (runner-native KafkaIO) and starts the Python and Java SDK workers as processes
-(pipelines/boot.py). Both tables must hold exactly the expected final aggregates and dead letters, and the
+(pipelines/local_run/boot.py). Both tables must hold exactly the expected final aggregates and dead letters, and the
 checkpointing and state backend options must have reached Flink (its REST API reports them, and checkpoints complete).
 """
 

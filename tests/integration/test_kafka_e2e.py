@@ -3,7 +3,8 @@
 A known mix is produced to a fresh topic: valid events in two windows, a redelivered duplicate, malformed and invalid
 records, and one event far later than the allowed lateness; once as JSON, once in the Confluent Avro wire format.
 The pipeline reads it from the earliest offset through Beam's cross-language KafkaIO (Java worker started by
-pipelines/jars.py, Prism built by pipelines/runners.py), and the test checks the exact final aggregates and reads
+pipelines/local_run/jars.py, Prism built by pipelines/runners.py), and the test checks the exact final aggregates and
+reads
 every dead letter back from its topic: payload bytes, partition/offset metadata, key = error code.
 """
 

@@ -369,7 +369,7 @@ def test_no_secret_in_logs_options_graph_or_outputs(secure_kafka, tls_files, pas
 def _dataflow_job_text(argv: list[str]) -> bytes:
     """The Dataflow job request (options, display data, steps, pipeline proto) a flex template launch would send."""
     from pipelines.flex_template import run
-    from pipelines.labels import DATAFLOW_DRY_RUN
+    from pipelines.release.labels import DATAFLOW_DRY_RUN
     from tests.unit.test_pseudonymize import readable_graph
 
     kept = [a for a in argv if not a.startswith(("--runner", "--default_sdk"))]

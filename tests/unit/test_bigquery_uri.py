@@ -12,9 +12,9 @@ import pytest
 from apache_beam.internal import pickler
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import provision
 from pipelines.graph import build_pipeline
 from pipelines.options import ConfigError, analytics_config, bigquery_sink_settings
+from pipelines.release import provision
 from pipelines.streaming_analytics import main
 from schemas import AGGREGATES_TABLE, DEAD_LETTER_TABLE
 from transforms.io import UnsupportedUri, WriteRows, check_sink

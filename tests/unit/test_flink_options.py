@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import jars
-from pipelines import template_metadata as tm
+from pipelines.local_run import jars
 from pipelines.options import FLINK_OPTIONS, ConfigError, analytics_config, flink_settings
+from pipelines.release import template_metadata as tm
 from pipelines.runners import fill_portable_runner_options
 from pipelines.streaming_analytics import main
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions, PortableOptions
 
-from pipelines import jars
+from pipelines.local_run import jars
 from pipelines.runners import fill_portable_runner_options
 
 JAR = "/cache/beam-flink/lib/flink-job-server.jar"
@@ -38,7 +38,7 @@ def test_a_cluster_gets_python_workers_started_by_the_task_manager():
     command = json.loads(portable.environment_config)["command"]
     assert command.endswith("python-boot")
     with open(command) as script:
-        assert "-m pipelines.boot python" in script.read()
+        assert "-m pipelines.local_run.boot python" in script.read()
 
 
 def test_explicit_choices_are_kept():

@@ -8,8 +8,8 @@ import re
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import template_metadata as tm
 from pipelines.options import analytics_config
+from pipelines.release import template_metadata as tm
 from pipelines.streaming_analytics import main
 from transforms.io.kafka_security import ENV_PROVIDER_CLASS, kafka_security
 from transforms.secrets import ENV, SECRET_MANAGER, SecretError, SecretRef, parse_secret_ref

@@ -8,8 +8,8 @@ import re
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import template_metadata as tm
 from pipelines.options import ConfigError, analytics_config
+from pipelines.release import template_metadata as tm
 
 ACTIONS = {a.dest: a for a in tm.option_actions()}
 
@@ -37,7 +37,7 @@ def _matches(name: str, value: str) -> bool:
 
 def test_committed_metadata_is_the_generated_one():
     committed = tm.METADATA.read_text()
-    assert committed == tm.render(tm.build_metadata()), "stale: python -m pipelines.template_metadata --write"
+    assert committed == tm.render(tm.build_metadata()), "stale: python -m pipelines.release.template_metadata --write"
 
 
 def test_metadata_is_a_valid_template_metadata():

@@ -4,10 +4,10 @@ Names, help texts and defaults come from the options parser, so the template can
 regexes (and the values they must accept and reject) live in ``PARAMS`` below, next to the generator. A test
 checks that the committed file equals the generated one and that every regex agrees with the real validation.
 
-    python -m pipelines.template_metadata            # print the metadata
-    python -m pipelines.template_metadata --write    # rewrite templates/metadata.json
-    python -m pipelines.template_metadata --check    # templates/ is consistent: metadata current and valid, Dockerfile
-                                                     # base images pinned (what `make template` runs; no Docker needed)
+    python -m pipelines.release.template_metadata            # print the metadata
+    python -m pipelines.release.template_metadata --write    # rewrite templates/metadata.json
+    python -m pipelines.release.template_metadata --check    # templates/ is consistent: metadata current and valid,
+                                                     # Dockerfile base images pinned (`make template`; no Docker)
 
 Regexes are written in the subset that POSIX ERE, Java and Python agree on (no ``\\d``, ``(?:``, lookaround),
 anchored with ``^...$``. They check the shape of a value; the launcher still runs the full validation and stops
@@ -32,7 +32,7 @@ from transforms.analytics import TIMESTAMP_SOURCES
 from transforms.parse import FORMATS
 from transforms.windowing import WINDOW_KINDS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates"
 METADATA = TEMPLATES / "metadata.json"
 DOCKERFILE = TEMPLATES / "Dockerfile"
@@ -390,7 +390,8 @@ def build_metadata() -> dict[str, Any]:
     stale = sorted(set(PARAMS) - {a.dest for a in option_actions()})
     if missing or stale:
         raise KeyError(
-            f"pipelines/template_metadata.py PARAMS is out of step with AnalyticsOptions: add {missing}, remove {stale}"
+            f"pipelines/release/template_metadata.py PARAMS is out of step with AnalyticsOptions: add {missing}, "
+            f"remove {stale}"
         )
     parameters = []
     for action in option_actions():
@@ -506,14 +507,18 @@ def template_problems() -> list[str]:
                 committed.splitlines(True), expected.splitlines(True), "templates/metadata.json", "generated"
             )
         )
-        problems.append(f"templates/metadata.json is stale: python -m pipelines.template_metadata --write\n{diff}")
+        problems.append(
+            f"templates/metadata.json is stale: python -m pipelines.release.template_metadata --write\n{diff}"
+        )
     problems += [f"metadata.json: {p}" for p in metadata_problems(expected)]
     problems += [f"Dockerfile: {p}" for p in dockerfile_problems(DOCKERFILE.read_text())]
     return problems
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.template_metadata", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.release.template_metadata", description=__doc__.split("\n")[0]
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help="rewrite templates/metadata.json")
     mode.add_argument("--check", action="store_true", help="exit 1 if templates/ is stale or invalid")

@@ -1,7 +1,7 @@
 """Creates what the BigQuery sinks write to, idempotently: the dataset, both tables and the final-pane view.
 
-    python -m pipelines.provision --dataset=my-project.analytics
-    python -m pipelines.provision --dataset=local-project.ds --endpoint=http://127.0.0.1:19050   # an emulator
+    python -m pipelines.release.provision --dataset=my-project.analytics
+    python -m pipelines.release.provision --dataset=local-project.ds --endpoint=http://127.0.0.1:19050   # an emulator
 
 - ``<aggregates>``: schema ``schemas/aggregates.bq.json``, partitioned by DAY on ``window_start``, clustered by
   ``event_type``, ``key``.
@@ -230,7 +230,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="python -m pipelines.provision",
+        prog="python -m pipelines.release.provision",
         description="Create the BigQuery dataset, tables and final-pane view the sinks write to (idempotent).",
         allow_abbrev=False,
     )
