@@ -61,6 +61,9 @@ class AnalyticsConfig:
     # Bounded input in batches of records (transforms/batched.py); False processes it record by record, as a
     # stream is. Only benchmarks and tests turn it off (docs/benchmarks.md).
     batched: bool = True
+    # CPython GC thresholds for the workers (transforms/batched.py: GC_THRESHOLDS), set only where they were measured
+    # to help (bounded input on the direct runner); None leaves the collector alone.
+    gc_thresholds: tuple[int, int, int] | None = None
 
 
 def _with_event_time(event: Event) -> beam.window.TimestampedValue:
@@ -133,7 +136,7 @@ class StreamingAnalytics(beam.PTransform):
         """Bounded input, batch by batch: the same steps under the same labels (docs/design.md, batched.py)."""
         cfg = self._config
         args = (cfg.format, cfg.key_field, cfg.max_clock_skew_s, cfg.max_payload_bytes)
-        parsed = records | "ParseEvents" >> ParseBatches(*args)
+        parsed = records | "ParseEvents" >> ParseBatches(*args, gc_thresholds=cfg.gc_thresholds)
         validated = parsed.parsed | "ValidateEvents" >> ValidateBatches(*args)
         valid = validated.valid
         if cfg.pseudonymization_key:

@@ -193,11 +193,14 @@ def unpack_rows(blob: bytes) -> list[Row]:
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
-def relax_gc_for_bounded_input() -> None:
-    """Raises the worker process's GC thresholds to ``GC_THRESHOLDS`` (never lowers what someone set higher)."""
+def relax_gc_for_bounded_input(thresholds: tuple[int, int, int] | None = GC_THRESHOLDS) -> None:
+    """Raises the worker process's GC thresholds to ``thresholds`` (never lowers what someone set higher); None (a
+    run where the tweak was not measured to help) leaves the collector alone."""
+    if thresholds is None:
+        return
     current = gc.get_threshold()
-    if current[0] < GC_THRESHOLDS[0]:
-        gc.set_threshold(*(max(c, t) for c, t in zip(current, GC_THRESHOLDS, strict=True)))
+    if current[0] < thresholds[0]:
+        gc.set_threshold(*(max(c, t) for c, t in zip(current, thresholds, strict=True)))
 
 
 # --- Beam transforms -------------------------------------------------------------------------------------------
@@ -208,12 +211,15 @@ def _as_batch(element: RecordBatch | SourceRecord) -> RecordBatch:
 
 
 class _ParseBatchDoFn(beam.DoFn):
-    def __init__(self, fmt: str, key_field: str, max_clock_skew_s: float, max_payload_bytes: int) -> None:
+    def __init__(
+        self, fmt: str, key_field: str, max_clock_skew_s: float, max_payload_bytes: int, gc_thresholds=None
+    ) -> None:
         self._args = (fmt, key_field, max_clock_skew_s, max_payload_bytes)
+        self._gc_thresholds = gc_thresholds
         self._read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "records_read")
 
     def setup(self) -> None:
-        relax_gc_for_bounded_input()  # in every worker process: setup runs where the bundles do
+        relax_gc_for_bounded_input(self._gc_thresholds)  # in every worker process: setup runs where the bundles do
         self._parser = BatchParser(*self._args)
 
     def process(self, element: RecordBatch | SourceRecord) -> Iterator[Any]:
@@ -234,10 +240,12 @@ class _ParseBatchDoFn(beam.DoFn):
 class ParseBatches(beam.PTransform):
     """RecordBatches -> ParsedBatches; rejects go to the ``dead_letter`` output (stage=parse)."""
 
-    def __init__(self, fmt: str, key_field: str, max_clock_skew_s: float, max_payload_bytes: int) -> None:
+    def __init__(
+        self, fmt: str, key_field: str, max_clock_skew_s: float, max_payload_bytes: int, gc_thresholds=None
+    ) -> None:
         super().__init__()
         decoder_for(fmt)  # fail at construction on an unknown format
-        self._args = (fmt, key_field, max_clock_skew_s, max_payload_bytes)
+        self._args = (fmt, key_field, max_clock_skew_s, max_payload_bytes, gc_thresholds)
 
     def expand(self, batches):
         return batches | "DecodeBatches" >> beam.ParDo(_ParseBatchDoFn(*self._args)).with_outputs(

@@ -151,9 +151,6 @@ def _optional_properties(obj: dict[str, Any]) -> dict[str, str] | None | Rejecti
     return value
 
 
-KeyExtractor = Callable[[dict[str, Any], Any], "str | None"]
-
-
 def _stringify(value: Any) -> str | None:
     if value is None or type(value) is str:
         return value

@@ -254,12 +254,6 @@ FLINK_JAVA = JavaSet(
 
 JAVA_SETS = {java.name: java for java in (KAFKA_JAVA, FLINK_JAVA)}
 
-# Kept for callers of the single-set API.
-JAVA_DIR = KAFKA_JAVA.directory
-JAVA_LIB = KAFKA_JAVA.lib
-JAVA_BOOT = KAFKA_JAVA.boot
-
-
 class JarError(RuntimeError):
     """The Java pieces could not be installed; the message names the command and its log."""
 
@@ -345,12 +339,6 @@ def ensure(java: JavaSet) -> Path:
         java.directory / ".stamp", _fingerprint(java), CACHE_DIR / f"{java.name}.lock", install, present=present
     )
     return java.lib
-
-
-def ensure_java_lib() -> Path:
-    """The Kafka expansion service jar for Prism (fetched once); see ``KAFKA_JAVA``."""
-    ensure(KAFKA_JAVA)
-    return KAFKA_JAVA.launcher(EXPANSION_JAR)
 
 
 def flink_job_server_jar() -> Path:
