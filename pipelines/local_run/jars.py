@@ -254,6 +254,7 @@ FLINK_JAVA = JavaSet(
 
 JAVA_SETS = {java.name: java for java in (KAFKA_JAVA, FLINK_JAVA)}
 
+
 class JarError(RuntimeError):
     """The Java pieces could not be installed; the message names the command and its log."""
 

@@ -1,17 +1,15 @@
-"""Flex template metadata (``templates/metadata.json``), generated from ``AnalyticsOptions``.
+"""Generated from the option table (``pipelines/options.py``): ``templates/metadata.json`` and the README's options
+table.
 
-Names, help texts and defaults come from the options parser, so the template cannot drift from the CLI; the
-regexes (and the values they must accept and reject) live in ``PARAMS`` below, next to the generator. A test
-checks that the committed file equals the generated one and that every regex agrees with the real validation.
+Names, help texts, defaults, regexes and labels all come from the table, so the template and the README cannot
+drift from the CLI. A test checks that both committed files equal the generated ones and that every regex agrees
+with the real validation.
 
     python -m pipelines.release.template_metadata            # print the metadata
-    python -m pipelines.release.template_metadata --write    # rewrite templates/metadata.json
-    python -m pipelines.release.template_metadata --check    # templates/ is consistent: metadata current and valid,
-                                                     # Dockerfile base images pinned (`make template`; no Docker)
-
-Regexes are written in the subset that POSIX ERE, Java and Python agree on (no ``\\d``, ``(?:``, lookaround),
-anchored with ``^...$``. They check the shape of a value; the launcher still runs the full validation and stops
-with a message naming the option.
+    python -m pipelines.release.template_metadata --write    # rewrite templates/metadata.json and README.md's table
+    python -m pipelines.release.template_metadata --check    # templates/ and the README are consistent: generated
+                                                     # files current and valid, Dockerfile base images pinned
+                                                     # (`make template`; no Docker needed)
 """
 
 from __future__ import annotations
@@ -23,19 +21,18 @@ import re
 import sys
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.options import FLINK_GROUP, AnalyticsOptions
-from transforms.analytics import TIMESTAMP_SOURCES
-from transforms.parse import FORMATS
-from transforms.windowing import WINDOW_KINDS
+from pipelines.options import ALL_OPTIONS, OPTIONS, Option
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates"
 METADATA = TEMPLATES / "metadata.json"
 DOCKERFILE = TEMPLATES / "Dockerfile"
+README = ROOT / "README.md"
+README_START = "<!-- generated from pipelines/options.py by python -m pipelines.release.template_metadata --write -->"
+README_END = "<!-- end of the generated options table -->"
 
 TEMPLATE_NAME = "realtime-analytics"
 DESCRIPTION = (
@@ -43,377 +40,66 @@ DESCRIPTION = (
     "with HLL++ distinct users; every bad record goes to the dead letter with an error code."
 )
 
-# Building blocks (mirroring transforms/io and pipelines/options).
-_WHOLE = "[0-9]+"  # >= 0
-_POSITIVE = "[1-9][0-9]*"  # >= 1
-_GCP_PROJECT = "([a-z][-a-z0-9]*([.][-a-z0-9]+)+:)?[a-z][-a-z0-9]{4,28}[a-z0-9]"
-_PUBSUB_NAME = "[A-Za-z][-A-Za-z0-9._~%+]{2,254}"
-_PUBSUB_SOURCE = f"pubsub://projects/{_GCP_PROJECT}/(topics|subscriptions)/{_PUBSUB_NAME}"
-_PUBSUB_TOPIC = f"pubsub://projects/{_GCP_PROJECT}/topics/{_PUBSUB_NAME}"
-_BIGQUERY_TABLE = (
-    "bigquery://([a-z][-a-z0-9]*([.][-a-z0-9]+)+:)?[a-z][-a-z0-9]{4,28}[a-z0-9][.][A-Za-z0-9_]{1,1024}[.][^./?#]+"
-)
-_FILES = "((file|gs)://)?[^:]+"  # a local path or glob, file://..., gs://bucket/...
-_PATH_PREFIX = "(file://)?[^:]*[^:/]"  # a local path prefix (not a directory)
-_SYNTHETIC = "synthetic://[^ ]*"
-_KAFKA_SERVER = "([A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?|\\[[0-9A-Fa-f:.]+\\]):[0-9]{1,5}"
-_KAFKA = f"kafka://{_KAFKA_SERVER}(,{_KAFKA_SERVER})*/[-A-Za-z0-9._]{{1,249}}"
-_ENV_REF = "env:[A-Za-z_][A-Za-z0-9_]{0,254}"
-_SECRET_VERSION = (
-    "projects/([a-z][-a-z0-9]{4,28}[a-z0-9]|[0-9]{1,20})/secrets/[-A-Za-z0-9_]{1,255}"
-    "/versions/([1-9][0-9]{0,18}|latest)"
-)
-_PEM_FILE = "((file|gs)://)?[^:]+"
-# The template launches on Dataflow; Kafka needs a runner that runs Java transforms (not the direct runner).
-_KAFKA_CONTEXT = ("--source=kafka://127.0.0.1:9092/events", "--runner=DataflowRunner")
-# Secret references in examples resolve from these variables (tests/unit/test_template_metadata.py sets them).
-EXAMPLE_SECRET_ENV = {"KAFKA_PASSWORD": "example-password", "PSEUDONYMIZATION_KEY": "k" * 48}
-
-
-@dataclass(frozen=True)
-class Param:
-    """How one option appears in the template.
-
-    ``examples`` (documented values) must pass the regex and the real validation; ``bad`` must fail both.
-    Where the regex deliberately differs from the validation it says so: ``stricter`` values fail the regex although
-    the launcher would take them, ``lenient`` ones pass the regex but the launcher refuses them (with a message).
-    ``context`` gives other options a value needs, by value (``"*"``: for every value).
-    """
-
-    regex: str
-    examples: tuple[str, ...]
-    bad: tuple[str, ...]
-    label: str | None = None
-    param_type: str = "TEXT"
-    enum: tuple[str, ...] = ()
-    required: bool = False  # required in the template even though the CLI has a default
-    note: str = ""
-    stricter: tuple[str, ...] = ()
-    lenient: tuple[str, ...] = ()
-    context: dict[str, tuple[str, ...]] = field(default_factory=dict)
-
-    def context_for(self, value: str) -> tuple[str, ...]:
-        return (*self.context.get("*", ()), *self.context.get(value, ()))
-
-
-PARAMS: dict[str, Param] = {
-    "source": Param(
-        regex=f"^({_PUBSUB_SOURCE}|{_KAFKA}|{_SYNTHETIC}|{_FILES})$",
-        examples=(
-            "pubsub://projects/my-project/subscriptions/events",
-            "pubsub://projects/my-project/topics/events",
-            "kafka://broker-1:9092,broker-2:9092/events",
-            "gs://my-bucket/events/*.jsonl",
-            "data/*.jsonl",
-            "synthetic://?events=5000&rate=100&keys=20&users=500&bad=0.03&duplicates=0.02&late=0.02&seed=42",
-        ),
-        bad=("ftp://host/events.jsonl", "s3://bucket/events/*.jsonl", "pubsub://projects/p/queues/x", ""),
-        context={"kafka://broker-1:9092,broker-2:9092/events": ("--runner=DataflowRunner",)},
-        required=True,
-        note="Required in the template: the CLI's default (the embedded demo) replays through TestStream, which "
-        "only the direct runner runs.",
-    ),
-    "format": Param(
-        regex=f"^({'|'.join(FORMATS)})$",
-        examples=FORMATS,
-        bad=("csv", "JSON ", ""),
-        param_type="ENUM",
-        enum=FORMATS,
-        context={"*": ("--source=data/*.records",)},
-    ),
-    "sink": Param(
-        regex=f"^({_BIGQUERY_TABLE}|{_PATH_PREFIX})$",
-        examples=("output/aggregates", "file:///tmp/out/aggregates", "bigquery://my-project.analytics.aggregates"),
-        bad=("output/", "pubsub://projects/my-project/topics/aggregates", "gs://my-bucket/out/aggregates", ""),
-        label="Aggregates sink",
-    ),
-    "dead_letter_sink": Param(
-        regex=f"^({_PUBSUB_TOPIC}|{_KAFKA}|{_BIGQUERY_TABLE}|{_PATH_PREFIX})$",
-        examples=(
-            "output/dead_letter",
-            "pubsub://projects/my-project/topics/dead-letters",
-            "kafka://broker-1:9092,broker-2:9092/events-dlq",
-            "bigquery://my-project.analytics.dead_letter",
-        ),
-        bad=("pubsub://projects/my-project/subscriptions/dead-letters", "out/", "gs://my-bucket/dlq", ""),
-        context={
-            "kafka://broker-1:9092,broker-2:9092/events-dlq": (
-                "--runner=DataflowRunner",
-                "--source=pubsub://projects/my-project/subscriptions/events",
-            )
-        },
-    ),
-    "bigquery_write_method": Param(
-        regex="^(STREAMING_INSERTS|STORAGE_WRITE_API)$",
-        examples=("STREAMING_INSERTS", "STORAGE_WRITE_API"),
-        bad=("FILE_LOADS", "fast"),
-        label="BigQuery write method",
-        param_type="ENUM",
-        enum=("STREAMING_INSERTS", "STORAGE_WRITE_API"),
-    ),
-    "bigquery_endpoint": Param(
-        regex="^(https?://)?[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$",
-        examples=("http://127.0.0.1:9050", "localhost:9050"),
-        bad=("ftp://emulator:21", "http://host:port", "http://host:9050/path"),
-        label="BigQuery emulator endpoint",
-        note="Tests only: leave empty on Dataflow (the job then uses its service account).",
-        context={"*": ("--sink=bigquery://my-project.analytics.aggregates",)},
-    ),
-    "bigquery_storage_endpoint": Param(
-        regex="^([A-Za-z0-9.-]+|\\[[0-9A-Fa-f:.]+\\]):[0-9]{1,5}$",
-        examples=("127.0.0.1:9060", "localhost:9060"),
-        bad=("http://127.0.0.1:9060", "127.0.0.1", "host:port"),
-        lenient=("bigquerystorage.googleapis.com:443",),
-        label="BigQuery Storage API emulator address",
-        note="Tests only: leave empty on Dataflow (the job then uses its service account).",
-        context={
-            "*": ("--sink=bigquery://my-project.analytics.aggregates", "--bigquery_write_method=STORAGE_WRITE_API")
-        },
-    ),
-    "kafka_consumer_group": Param(
-        regex="^[-A-Za-z0-9._]{1,255}$",
-        examples=("realtime-analytics", "analytics.v2"),
-        bad=("", " ", "my group", "a" * 256, "group/1"),
-        label="Kafka consumer group",
-    ),
-    "kafka_start_offset": Param(
-        regex="^(earliest|latest)$",
-        examples=("earliest", "latest"),
-        bad=("beginning", "0", ""),
-        label="Kafka start offset",
-        param_type="ENUM",
-        enum=("earliest", "latest"),
-    ),
-    "kafka_security_protocol": Param(
-        regex="^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$",
-        examples=("PLAINTEXT", "SSL", "SASL_SSL", "SASL_PLAINTEXT"),
-        bad=("TLS", "sasl", "SASL-SSL"),
-        label="Kafka security protocol",
-        param_type="ENUM",
-        enum=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
-        context={
-            "*": _KAFKA_CONTEXT,
-            "SASL_SSL": ("--kafka_sasl_username=analytics", "--kafka_sasl_password=env:KAFKA_PASSWORD"),
-            "SASL_PLAINTEXT": ("--kafka_sasl_username=analytics", "--kafka_sasl_password=env:KAFKA_PASSWORD"),
-        },
-    ),
-    "kafka_sasl_mechanism": Param(
-        regex="^(SCRAM-SHA-512|SCRAM-SHA-256|PLAIN)$",
-        examples=("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"),
-        bad=("GSSAPI", "OAUTHBEARER", "scram"),
-        label="Kafka SASL mechanism",
-        param_type="ENUM",
-        enum=("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"),
-        note="Default with SASL_*: SCRAM-SHA-512.",
-        context={
-            "*": (
-                *_KAFKA_CONTEXT,
-                "--kafka_security_protocol=SASL_SSL",
-                "--kafka_sasl_username=analytics",
-                "--kafka_sasl_password=env:KAFKA_PASSWORD",
-            )
-        },
-    ),
-    "kafka_sasl_username": Param(
-        regex="^[!#-~]{1,255}$",
-        examples=("analytics", "svc.analytics@example.com"),
-        bad=("", "a b", 'a"b'),
-        lenient=("a\\b",),
-        label="Kafka SASL user name",
-        context={
-            "*": (*_KAFKA_CONTEXT, "--kafka_security_protocol=SASL_SSL", "--kafka_sasl_password=env:KAFKA_PASSWORD")
-        },
-    ),
-    "kafka_sasl_password": Param(
-        regex=f"^{_ENV_REF}$",
-        examples=("env:KAFKA_PASSWORD",),
-        bad=("hunter2", "env:", "env:1BAD", "projects/my-project/secrets/kafka/versions/1"),
-        label="Kafka SASL password (secret reference)",
-        note="Never the password itself: env:NAME, an environment variable of the launcher and the workers.",
-        context={"*": (*_KAFKA_CONTEXT, "--kafka_security_protocol=SASL_SSL", "--kafka_sasl_username=analytics")},
-    ),
-    "kafka_ssl_ca_cert": Param(
-        regex=f"^{_PEM_FILE}$",
-        examples=(),  # a file must exist to be accepted: tests/unit/test_security_options.py checks real ones
-        bad=("kafka://host:9092/ca.pem",),
-        label="Kafka CA certificate (PEM file)",
-        lenient=("/nonexistent/ca.pem",),
-        context={"*": (*_KAFKA_CONTEXT, "--kafka_security_protocol=SSL")},
-    ),
-    "kafka_ssl_client_cert": Param(
-        regex=f"^{_PEM_FILE}$",
-        examples=(),  # see kafka_ssl_ca_cert
-        bad=("kafka://host:9092/client.pem",),
-        label="Kafka client certificate (PEM file)",
-        lenient=("/nonexistent/client.pem",),
-        context={"*": (*_KAFKA_CONTEXT, "--kafka_security_protocol=SSL", "--kafka_ssl_client_key=env:KAFKA_PASSWORD")},
-    ),
-    "kafka_ssl_client_key": Param(
-        regex=f"^{_ENV_REF}$",
-        examples=(),  # needs --kafka_ssl_client_cert, a file: see kafka_ssl_ca_cert
-        bad=("-----BEGIN PRIVATE KEY-----", "env:", "projects/my-project/secrets/key/versions/1"),
-        label="Kafka client private key (secret reference)",
-        note="Never the key itself: env:NAME holding the PKCS#8 PEM key.",
-        context={"*": (*_KAFKA_CONTEXT, "--kafka_security_protocol=SSL")},
-    ),
-    "timestamp_source": Param(
-        regex=f"^({'|'.join(TIMESTAMP_SOURCES)})$",
-        examples=TIMESTAMP_SOURCES,
-        bad=("event_time", "Payload", ""),
-        label="Event time source",
-        param_type="ENUM",
-        enum=TIMESTAMP_SOURCES,
-        note="publish_time needs a pubsub:// source, kafka_timestamp a kafka:// source",
-        context={
-            "publish_time": ("--source=pubsub://projects/my-project/subscriptions/events",),
-            "kafka_timestamp": _KAFKA_CONTEXT,
-        },
-    ),
-    "window": Param(
-        regex=f"^({'|'.join(WINDOW_KINDS)})$",
-        examples=WINDOW_KINDS,
-        bad=("weekly", "Fixed", ""),
-        label="Window kind",
-        param_type="ENUM",
-        enum=WINDOW_KINDS,
-        context={"sliding": ("--window_period=60",)},
-    ),
-    "window_size": Param(
-        regex=f"^{_POSITIVE}$",
-        examples=("60", "300", "3600"),
-        bad=("-1", "0", "1.5", "5m", ""),
-        label="Window size (seconds)",
-        param_type="NUMBER",
-    ),
-    "window_period": Param(
-        regex=f"^{_POSITIVE}$",
-        examples=("60", "30"),
-        bad=("0", "-60", "1m"),
-        label="Sliding window period (seconds)",
-        param_type="NUMBER",
-        context={"*": ("--window=sliding", "--window_size=300")},
-    ),
-    "session_gap": Param(
-        regex=f"^{_POSITIVE}$",
-        examples=("300", "1800"),
-        bad=("0", "-5", "5m"),
-        label="Session gap (seconds)",
-        param_type="NUMBER",
-    ),
-    "early_firing": Param(
-        regex=f"^{_WHOLE}$",
-        examples=("10", "0"),
-        bad=("-1", "often", "2.5"),
-        label="Early pane interval (seconds)",
-        param_type="NUMBER",
-    ),
-    "allowed_lateness": Param(
-        regex=f"^{_WHOLE}$",
-        examples=("600", "0", "3600"),
-        bad=("-1", "1h"),
-        label="Allowed lateness (seconds)",
-        param_type="NUMBER",
-    ),
-    "dedup_horizon": Param(
-        regex=f"^{_WHOLE}$",
-        examples=("600", "0", "86400"),
-        bad=("-1", "10m"),
-        label="Deduplication horizon (seconds)",
-        param_type="NUMBER",
-    ),
-    "key_field": Param(
-        regex="^(properties[.][^ .][^ ]*|[A-Za-z_][A-Za-z0-9_]*)$",
-        examples=("page", "user_id", "event_type", "properties.country", "campaign"),
-        bad=("", " ", "properties."),
-        stricter=("my key", "a.b"),
-        lenient=("event_time", "value", "properties"),
-        label="Grouping key field",
-        note="Not event_time, value or properties (not strings).",
-    ),
-    "max_payload_bytes": Param(
-        regex=f"^{_POSITIVE}$",
-        examples=("1048576", "65536"),
-        bad=("0", "-1", "1MB"),
-        label="Maximum record size (bytes)",
-        param_type="NUMBER",
-    ),
-    "max_clock_skew": Param(
-        regex=f"^{_WHOLE}$",
-        examples=("86400", "0", "300"),
-        bad=("-1", "1d"),
-        label="Maximum clock skew (seconds)",
-        param_type="NUMBER",
-    ),
-    "pseudonymize_user_id": Param(
-        regex="^(true|false|TRUE|FALSE|True|False)$",
-        examples=("true", "false"),
-        bad=("yes", "1", ""),
-        label="Pseudonymize user_id",
-        param_type="BOOLEAN",
-        context={"true": ("--pseudonymization_key=env:PSEUDONYMIZATION_KEY",)},
-    ),
-    "pseudonymization_key": Param(
-        regex=f"^({_ENV_REF}|{_SECRET_VERSION})$",
-        examples=("env:PSEUDONYMIZATION_KEY",),
-        bad=("my-secret-hmac-key-0123456789abcdef", "env:", "projects/p/secrets/s"),
-        label="Pseudonymization key (secret reference)",
-        note="Use a Secret Manager version on Dataflow; never the key itself.",
-        context={"*": ("--pseudonymize_user_id=true",)},
-    ),
-}
-
 # Constructs outside the POSIX ERE / Java / Python common subset.
 _NON_PORTABLE = re.compile(r"\\[dDwWsSbB]|\(\?|\[\[:|\\[pP]\{")
 
 
-def option_actions() -> list[argparse.Action]:
-    """The ``AnalyticsOptions`` arguments in declaration order, but not Flink's (no use in a Dataflow template)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    AnalyticsOptions._add_argparse_args(parser)
-    flink = {a.dest for g in parser._action_groups if g.title == FLINK_GROUP for a in g._group_actions}
-    return [a for a in parser._actions if a.option_strings and a.dest not in flink]
+def template_options() -> list[Option]:
+    """The options that are template parameters, in table order (not Flink's: no use in a Dataflow template)."""
+    return [option for option in OPTIONS if option.template is not None]
 
 
-def _help_text(action: argparse.Action, param: Param) -> str:
-    text = " ".join((action.help or "").split())
+def _help_text(option: Option) -> str:
+    param = option.template
+    assert param is not None
+    text = " ".join(option.help.split())
     if param.required:
         text = re.sub(r"\s*Default:[^.]*\.", "", text)  # the CLI's default does not apply to the template
-    if action.default is not None and "Default" not in text and not param.required:
-        text += f" Default: {action.default}."
+    if option.default is not None and "Default" not in text and not param.required:
+        text += f" Default: {option.default}."
     if param.note:
         text += f" {param.note}"
     return text
 
 
 def build_metadata() -> dict[str, Any]:
-    missing = [a.dest for a in option_actions() if a.dest not in PARAMS]
-    stale = sorted(set(PARAMS) - {a.dest for a in option_actions()})
-    if missing or stale:
-        raise KeyError(
-            f"pipelines/release/template_metadata.py PARAMS is out of step with AnalyticsOptions: add {missing}, "
-            f"remove {stale}"
-        )
     parameters = []
-    for action in option_actions():
-        param = PARAMS[action.dest]
+    for option in template_options():
+        param = option.template
+        assert param is not None
         entry: dict[str, Any] = {
-            "name": action.dest,
-            "label": param.label or action.dest.replace("_", " ").capitalize(),
-            "helpText": _help_text(action, param),
+            "name": option.name,
+            "label": param.label or option.name.replace("_", " ").capitalize(),
+            "helpText": _help_text(option),
             "isOptional": not param.required,
             "regexes": [param.regex],
             "paramType": param.param_type,
         }
         if param.enum:
             entry["enumOptions"] = [{"value": value} for value in param.enum]
-        if action.default is not None and not param.required:
-            entry["defaultValue"] = str(action.default)
+        if option.default is not None and not param.required:
+            entry["defaultValue"] = str(option.default)
         parameters.append(entry)
     return {"name": TEMPLATE_NAME, "description": DESCRIPTION, "parameters": parameters}
 
 
 def render(metadata: dict[str, Any]) -> str:
     return json.dumps(metadata, indent=2, ensure_ascii=False) + "\n"
+
+
+def readme_table() -> str:
+    """The README's options table: every option of the table, in its order."""
+    rows = ["| option | default | meaning |", "|---|---|---|"]
+    for option in ALL_OPTIONS:
+        default = option.readme_default or (f"`{option.default}`" if option.default is not None else "none")
+        rows.append(f"| `{option.flag}` | {default} | {option.readme} |")
+    return "\n".join(rows) + "\n"
+
+
+def readme_with_table(readme: str) -> str:
+    """``readme`` with the text between the markers replaced by the generated table."""
+    start, end = readme.index(README_START) + len(README_START), readme.index(README_END)
+    return readme[:start] + "\n" + readme_table() + readme[end:]
 
 
 def metadata_problems(text: str) -> list[str]:
@@ -497,19 +183,20 @@ def dockerfile_problems(text: str) -> list[str]:
     return problems
 
 
+def _stale(name: str, committed: str, expected: str) -> str:
+    diff = "".join(difflib.unified_diff(committed.splitlines(True), expected.splitlines(True), name, "generated"))
+    return f"{name} is stale: python -m pipelines.release.template_metadata --write\n{diff}"
+
+
 def template_problems() -> list[str]:
     problems = []
     expected = render(build_metadata())
     committed = METADATA.read_text() if METADATA.exists() else ""
     if committed != expected:
-        diff = "".join(
-            difflib.unified_diff(
-                committed.splitlines(True), expected.splitlines(True), "templates/metadata.json", "generated"
-            )
-        )
-        problems.append(
-            f"templates/metadata.json is stale: python -m pipelines.release.template_metadata --write\n{diff}"
-        )
+        problems.append(_stale("templates/metadata.json", committed, expected))
+    readme = README.read_text()
+    if readme_with_table(readme) != readme:
+        problems.append(_stale("README.md", readme, readme_with_table(readme)))
     problems += [f"metadata.json: {p}" for p in metadata_problems(expected)]
     problems += [f"Dockerfile: {p}" for p in dockerfile_problems(DOCKERFILE.read_text())]
     return problems
@@ -520,12 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m pipelines.release.template_metadata", description=__doc__.split("\n")[0]
     )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--write", action="store_true", help="rewrite templates/metadata.json")
-    mode.add_argument("--check", action="store_true", help="exit 1 if templates/ is stale or invalid")
+    mode.add_argument("--write", action="store_true", help="rewrite templates/metadata.json and the README table")
+    mode.add_argument("--check", action="store_true", help="exit 1 if a generated file is stale or invalid")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.write:
         METADATA.write_text(render(build_metadata()))
-        print(f"wrote {METADATA.relative_to(ROOT)}")
+        README.write_text(readme_with_table(README.read_text()))
+        print(f"wrote {METADATA.relative_to(ROOT)} and the options table of {README.relative_to(ROOT)}")
         return 0
     if args.check:
         problems = template_problems()
@@ -533,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(problem, file=sys.stderr)
         if problems:
             return 1
-        print("templates/: metadata.json current and valid, Dockerfile base images pinned")
+        print("templates/: metadata.json current and valid, README options table current, Dockerfile pinned")
         return 0
     print(render(build_metadata()), end="")
     return 0

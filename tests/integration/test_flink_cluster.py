@@ -13,11 +13,8 @@ from __future__ import annotations
 import base64
 import uuid
 
-import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
-
-from pipelines.graph import build_pipeline
-from pipelines.runners import local_runner
+from pipelines.graph import build_pipeline, new_pipeline
+from pipelines.spec import resolve
 from services.kafka import create_topics
 from tests.integration.event_mix import expected_finals, mix, produce, recent_window
 from tests.integration.results import wait_for_bigquery
@@ -33,7 +30,7 @@ def test_kafka_to_bigquery_on_a_flink_session_cluster(
     window_a = recent_window()
     valid, bad = mix("json", window_a)
     produce(bootstrap, topic, [*valid, valid[0], *bad])  # valid[0] twice: a redelivery, dropped as a duplicate
-    options = PipelineOptions(
+    spec = resolve(
         [
             f"--source=kafka://{bootstrap}/{topic}",
             f"--sink={dataset.uri('aggregates')}",
@@ -51,8 +48,8 @@ def test_kafka_to_bigquery_on_a_flink_session_cluster(
             f"--state_backend_storage_path=file://{tmp_path / 'checkpoints'}",
         ]
     )
-    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
-    build_pipeline(pipeline, options)
+    pipeline = new_pipeline(spec)
+    build_pipeline(pipeline, spec)
     result = pipeline.run()
     try:
         finals, dead = wait_for_bigquery(dataset, expected_finals(window_a), len(bad), timeout_s=DEADLINE_S)

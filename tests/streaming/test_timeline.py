@@ -12,7 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to, equal_to_per_window
 from apache_beam.transforms.window import IntervalWindow, TimestampedValue
 
-from pipelines.runners import local_runner
+from pipelines.runners import direct_runner
 from tests.streaming.timeline import at, iso, pane, record, stream
 from transforms.analytics import AGGREGATES, DEAD_LETTERS, AnalyticsConfig, StreamingAnalytics
 from transforms.records import SourceRecord
@@ -26,7 +26,7 @@ def window(start_s: float, end_s: float) -> IntervalWindow:
 def run_timeline(test_stream, spec: WindowSpec, check) -> None:
     """Runs the analytics graph on ``test_stream``; ``check(aggregates, dead_letters)`` adds the assertions."""
     options = PipelineOptions(streaming=True)
-    with beam.Pipeline(runner=local_runner(options, streaming=True), options=options) as p:
+    with beam.Pipeline(runner=direct_runner(streaming=True), options=options) as p:
         outputs = p | test_stream | StreamingAnalytics(AnalyticsConfig(window=spec, streaming=True))
         check(outputs[AGGREGATES], outputs[DEAD_LETTERS])
 
@@ -216,7 +216,7 @@ def test_source_timestamps_replace_the_payload_event_time():
     )
     options = PipelineOptions(streaming=True)
     config = AnalyticsConfig(window=spec, streaming=True, timestamp_source="publish_time")
-    with beam.Pipeline(runner=local_runner(options, streaming=True), options=options) as p:
+    with beam.Pipeline(runner=direct_runner(streaming=True), options=options) as p:
         outputs = p | timeline | StreamingAnalytics(config)
         assert_that(
             panes_of(outputs[AGGREGATES]),

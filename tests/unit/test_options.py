@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.options import DEMO_SOURCE, AnalyticsOptions, ConfigError, analytics_config
+from pipelines.options import DEMO_SOURCE, AnalyticsOptions, ConfigError
+from pipelines.spec import resolve
 from pipelines.streaming_analytics import main
 from transforms.analytics import AnalyticsConfig
 from transforms.windowing import FIXED, SESSION, SLIDING, WindowSpec
@@ -58,8 +59,7 @@ BAD = [
     (["--source=pubsub://projects/x"], "--source"),
     (["--source=pubsub://projects/my-project/subscriptions/events", "--runner=PrismRunner"], "--source"),
     (["--source=pubsub://projects/my-project/topics/events", "--runner=FlinkRunner"], "--source"),
-    (["--source=kafka://127.0.0.1:9092/events"], "--source"),  # Java KafkaIO: not on the direct runner
-    (["--dead_letter_sink=kafka://127.0.0.1:9092/dlq"], "--dead_letter_sink"),
+    (["--dead_letter_sink=kafka://127.0.0.1:9092/dlq"], "--dead_letter_sink"),  # a replay (the demo) cannot run Java
     (["--source=synthetic://?events=5&mode=replay", "--runner=PrismRunner"], "--source"),  # TestStream: direct only
     (["--source=synthetic://?events=5&mode=replay", "--runner=FlinkRunner"], "--source"),
     (["--source=synthetic://?format=avro"], "--source"),  # generates Avro, parsed as JSON
@@ -125,7 +125,7 @@ def test_help_lists_the_options(flag, capsys):
 
 
 def config(*argv: str) -> AnalyticsConfig:
-    return analytics_config(PipelineOptions(list(argv)))
+    return resolve(list(argv)).analytics
 
 
 def test_defaults():
@@ -199,13 +199,11 @@ def test_config_error_is_a_value_error_naming_the_option():
 )
 def test_timestamp_source_must_fit_the_source(argv, message):
     with pytest.raises(ConfigError, match=message):
-        analytics_config(PipelineOptions(argv))
+        resolve(argv)
 
 
 def test_timestamp_source_reaches_the_config():
-    config = analytics_config(
-        PipelineOptions(
-            ["--source=pubsub://projects/my-project/subscriptions/events", "--timestamp_source=publish_time"]
-        )
-    )
+    config = resolve(
+        ["--source=pubsub://projects/my-project/subscriptions/events", "--timestamp_source=publish_time"]
+    ).analytics
     assert config.timestamp_source == "publish_time" and config.streaming
