@@ -59,6 +59,7 @@ BAD = [
     (["--source=pubsub://projects/x"], "--source"),
     (["--source=pubsub://projects/my-project/subscriptions/events", "--runner=PrismRunner"], "--source"),
     (["--source=pubsub://projects/my-project/topics/events", "--runner=FlinkRunner"], "--source"),
+    (["--source=kafka://127.0.0.1:1/events"], "--source"),  # the start-up check: no broker answers there
     (["--dead_letter_sink=kafka://127.0.0.1:9092/dlq"], "--dead_letter_sink"),  # a replay (the demo) cannot run Java
     (["--source=synthetic://?events=5&mode=replay", "--runner=PrismRunner"], "--source"),  # TestStream: direct only
     (["--source=synthetic://?events=5&mode=replay", "--runner=FlinkRunner"], "--source"),
@@ -98,6 +99,18 @@ def test_bad_option_exits_2_with_one_error_line(argv, option, capsys):
     assert err[1].startswith("usage: ") and "--help" in err[1]
     assert "Traceback" not in captured.err and "Traceback" not in captured.out
     assert captured.out == ""
+
+
+def test_help_examples_use_the_ports_of_the_local_services(capsys):
+    """The addresses in --help are the ones `make services-up` serves (they once said 9050/9060)."""
+    import re
+
+    from services import SERVICES
+
+    assert main(["--help"]) == 0
+    ports = {int(p) for p in re.findall(r"127\.0\.0\.1:([0-9]+)", capsys.readouterr().out)}
+    served = {port for cls in SERVICES.values() for port in cls.fixed_ports.values()}
+    assert ports and ports <= served, ports - served
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])
