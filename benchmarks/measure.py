@@ -89,26 +89,20 @@ WORKER_FLAGS = {
 }
 
 
-def _without_dedup() -> None:
-    """The job with dedup switched off (no option does that): shows what memory the rest of the job needs."""
+def _beam(path: str, work: str, workers: str, dedup: bool = True) -> dict[str, Any]:
     import dataclasses
 
-    from pipelines import graph
+    from pipelines.spec import resolve
+    from pipelines.streaming_analytics import launch
 
-    configured = graph.analytics_config
-    graph.analytics_config = lambda options: dataclasses.replace(configured(options), dedup_impl="off")
-
-
-def _beam(path: str, work: str, workers: str, dedup: bool = True) -> dict[str, Any]:
-    from pipelines.streaming_analytics import run
-
-    if not dedup:
-        _without_dedup()
-
-    summary = run(
+    spec = resolve(
         [f"--source={path}", f"--sink={work}/aggregates", f"--dead_letter_sink={work}/dead_letter"]
         + WORKER_FLAGS[workers]
     )
+    if not dedup:
+        # The job with dedup switched off (no option does that): shows what memory the rest of the job needs.
+        spec = dataclasses.replace(spec, analytics=dataclasses.replace(spec.analytics, dedup_impl="off"))
+    summary = launch(spec)
     counters = {
         name: summary.counters.get(name, 0)
         for name in ("records_read", "events_valid", "dead_letters", "duplicates", "aggregate_rows")

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +25,8 @@ from typing import Any
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineRunner
 from apache_beam.runners.worker import statesampler
+
+_LOG = logging.getLogger(__name__)
 
 DIRECT_NAMES = (None, "", "DirectRunner", "SwitchingDirectRunner")
 # The engines the direct runner stands for here.
@@ -130,6 +134,38 @@ def fix_streaming_direct_runner_metrics() -> None:
     scoped_state._realtime_analytics_fix = True
     sampler.scoped_state = scoped_state
 
+
+def keep_pulling_through_pubsub_outages() -> None:
+    """Makes the BundleBasedDirectRunner's Pub/Sub reader ride out an outage of Pub/Sub (idempotent).
+
+    Its reader pulls with a 30 s deadline; when Pub/Sub does not answer, the pull raises, the executor retries the
+    bundle 4 times with a traceback each, then fails the whole job: a streaming job would die of a two-minute outage.
+    Here a pull that fails on unavailability or a deadline returns no messages instead, after a pause, so the reader
+    keeps retrying until Pub/Sub answers again (the CLI's source watch warns meanwhile: pipelines/job.py). Anything
+    else (a deleted subscription, no permission) still fails the job.
+    """
+    from apache_beam.runners.direct import transform_evaluator
+    from google.api_core import exceptions
+
+    evaluator = transform_evaluator._PubSubReadEvaluator
+    if getattr(evaluator._read_from_pubsub, "_realtime_analytics_fix", False):
+        return
+    original = evaluator._read_from_pubsub
+    transient = (exceptions.ServiceUnavailable, exceptions.DeadlineExceeded, exceptions.RetryError)
+
+    def read_from_pubsub(self, timestamp_attribute):
+        try:
+            return original(self, timestamp_attribute)
+        except transient as exc:
+            _LOG.debug("Pub/Sub pull failed, retrying: %s", exc)
+            time.sleep(PUBSUB_OUTAGE_PAUSE_S)
+            return []
+
+    read_from_pubsub._realtime_analytics_fix = True
+    evaluator._read_from_pubsub = read_from_pubsub
+
+
+PUBSUB_OUTAGE_PAUSE_S = 2.0
 
 # Bounded input at least this large runs on every core when --direct_num_workers is not given: starting worker
 # processes costs seconds (each imports Beam), which pays off from a few hundred thousand events on
@@ -263,6 +299,7 @@ def direct_runner(streaming: bool) -> PipelineRunner:
         from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 
         fix_streaming_direct_runner_metrics()
+        keep_pulling_through_pubsub_outages()
         return BundleBasedDirectRunner()
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 

@@ -1,9 +1,12 @@
-"""Command line: options -> launch spec -> build -> run -> summary.
+"""Command line: options -> launch spec -> start-up check -> build -> run -> summary.
 
     python -m pipelines.streaming_analytics                      # the embedded demo, no cloud, no flags
     python -m pipelines.streaming_analytics --source=events.jsonl --sink=out/agg --dead_letter_sink=out/dlq
 
-Bad options end the program with one line naming the option (exit code 2), never a traceback.
+Bad options, and what the start-up check finds (files that do not exist, a broker that does not answer, a missing
+topic, subscription or table, no credentials for Google), end the program with one line naming the option (exit
+code 2), never a traceback. Ctrl-C stops a running job (cancelled on its runner, a Flink cluster too) and prints the
+summary so far.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ import time
 from collections.abc import Sequence
 
 from pipelines.graph import build_pipeline, new_pipeline
+from pipelines.job import run_until_done
 from pipelines.options import AnalyticsOptions, ConfigError, check_unknown_flags
 from pipelines.spec import LaunchSpec, resolve
-from pipelines.summary import RunSummary, counters, read_rows
+from pipelines.startup_check import check_before_start
+from pipelines.summary import RunSummary, read_rows
 from transforms.io import local_file_prefix
+from transforms.windowing import SLIDING
 
 USAGE = "python -m pipelines.streaming_analytics [--option=value ...]"
 
@@ -51,6 +57,7 @@ def run(argv: Sequence[str]) -> RunSummary:
     bad options and for what the start-up check finds."""
     check_unknown_flags(argv)
     spec = resolve(argv)
+    check_before_start(spec)
     return launch(spec)
 
 
@@ -62,17 +69,21 @@ def launch(spec: LaunchSpec) -> RunSummary:
     started = time.perf_counter()
     pipeline = new_pipeline(spec)
     build_pipeline(pipeline, spec)
-    result = pipeline.run()
-    result.wait_until_finish()
+    outcome = run_until_done(pipeline, spec)
     seconds = time.perf_counter() - started
 
     workers = f", {os.cpu_count()} worker processes" if spec.runner.every_core else ""
     mode = f"{spec.runner.describe()}, {'streaming' if spec.streaming else 'batch'}{workers}"
+    window = spec.analytics.window
     summary = RunSummary(
         seconds,
         mode,
-        counters(result),
+        outcome.counters,
         remote_sinks=[s.uri for s in (spec.sink, spec.dead_letter_sink) if local_file_prefix(s.uri) is None],
+        remote_aggregates=sink is None,
+        remote_dead_letters=dead_letter_sink is None,
+        windows_per_event=window.size_s // window.period_s if window.kind == SLIDING and window.period_s else 1,
+        interrupted=outcome.interrupted,
     )
     if sink:
         summary.aggregate_files, summary.aggregate_rows = read_rows(sink)
@@ -103,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"usage: {USAGE}  (--help lists the options)", file=sys.stderr)
         return 2
     print(summary.render())
-    return 0
+    return 130 if summary.interrupted else 0
 
 
 if __name__ == "__main__":

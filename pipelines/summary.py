@@ -147,7 +147,13 @@ class RunSummary:
                 line("aggregate rows", len(self.aggregate_rows), pane_note),
                 f"  {'conservation':<24}{read} read = {self.aggregated_events} aggregated + "
                 f"{self.dead_letters} dead letters + {duplicates} duplicates: "
-                + ("ok" if self.conserved() else "MISMATCH" if not self.interrupted else "not checked (stopped)"),
+                + (
+                    "not checked (stopped: records in flight are in no file yet)"
+                    if self.interrupted
+                    else "ok"
+                    if self.conserved()
+                    else "MISMATCH"
+                ),
             ]
             if self.remote_dead_letters:
                 lines[-1] = (
