@@ -15,6 +15,7 @@ same source check serves the watch on a running streaming job (``pipelines/job.p
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -30,6 +31,8 @@ from transforms.io.kafka import parse_kafka_uri
 from transforms.io.kafka_security import KafkaSecurity
 from transforms.io.pubsub import parse_pubsub_uri
 from transforms.secrets import resolve_secret
+
+_LOG = logging.getLogger(__name__)
 
 CHECK_TIMEOUT_S = 20.0  # per check: the longest a start-up waits on one service
 _CALL_TIMEOUT_S = 8.0  # per network call inside a check
@@ -199,9 +202,12 @@ def _bigquery_problem(sink: SinkSettings) -> str | None:
         return f"{ref.table_id} on {where} is a {table.table_type}, not a table"
     expected = [(f["name"], f["type"], f.get("mode", "NULLABLE")) for f in bigquery_schema(sink.table_kind)]
     actual = [(f.name, f.field_type, f.mode or "NULLABLE") for f in table.schema]
-    problems = schema_problems(expected, actual)
+    problems = schema_problems(expected, actual, some_rows=False)
     if problems:
         return f"table {ref.table_id} on {where} cannot take the sink's rows: {'; '.join(problems)}"
+    for problem in schema_problems(expected, actual):
+        # Rows with a null there are refused and become write_rejected dead letters; the others are written.
+        _LOG.warning("table %s on %s: %s (such rows become write_rejected dead letters)", ref.table_id, where, problem)
     return None
 
 
@@ -209,8 +215,14 @@ def _type(name: str) -> str:
     return _TYPE_ALIASES.get(name.upper(), name.upper())
 
 
-def schema_problems(expected: Sequence[tuple[str, str, str]], actual: Sequence[tuple[str, str, str]]) -> list[str]:
-    """Why a table with ``actual`` columns (name, type, mode) cannot take rows of ``expected`` (empty: it can)."""
+def schema_problems(
+    expected: Sequence[tuple[str, str, str]], actual: Sequence[tuple[str, str, str]], some_rows: bool = True
+) -> list[str]:
+    """Why a table with ``actual`` columns (name, type, mode) cannot take rows of ``expected`` (empty: it can).
+
+    ``some_rows=False`` leaves out what refuses only some rows (a REQUIRED column the sink may leave null: those rows
+    become write dead letters), keeping what refuses every row.
+    """
     problems = []
     have = {name: (kind, mode) for name, kind, mode in actual}
     wanted = {name for name, _, _ in expected}
@@ -221,7 +233,8 @@ def schema_problems(expected: Sequence[tuple[str, str, str]], actual: Sequence[t
         elif _type(found[0]) != _type(kind):
             problems.append(f"column {name} is {found[0]}, the sink writes {kind}")
         elif found[1] == "REQUIRED" and mode != "REQUIRED":
-            problems.append(f"column {name} is REQUIRED, the sink may write null")
+            if some_rows:
+                problems.append(f"column {name} is REQUIRED, the sink may write null")
         elif found[1] == "REPEATED" and mode != "REPEATED":
             problems.append(f"column {name} is REPEATED, the sink writes one value")
     problems += [f"extra column {n} is REQUIRED" for n, _, m in actual if n not in wanted and m == "REQUIRED"]

@@ -84,6 +84,7 @@ def launch(spec: LaunchSpec) -> RunSummary:
         remote_dead_letters=dead_letter_sink is None,
         windows_per_event=window.size_s // window.period_s if window.kind == SLIDING and window.period_s else 1,
         interrupted=outcome.interrupted,
+        counters_known=bool(outcome.counters) or not outcome.interrupted,
     )
     if sink:
         summary.aggregate_files, summary.aggregate_rows = read_rows(sink)

@@ -76,6 +76,8 @@ class RunSummary:
     windows_per_event: int = 1
     # Stopped by the user (Ctrl-C) before the job ended: the counts are those so far.
     interrupted: bool = False
+    # False when the runner gave no counters (Beam's Flink job server reports them only once a job has ended).
+    counters_known: bool = True
 
     @property
     def finals(self) -> dict[tuple, dict[str, Any]]:
@@ -108,19 +110,24 @@ class RunSummary:
         def line(label: str, value: int | str, note: str = "") -> str:
             return f"  {label:<24}{value:>8}" + (f"   {note}" if note else "")
 
+        def counted(name: str) -> int | str:
+            return c.get(name, 0) if self.counters_known else NOT_AVAILABLE
+
         how = "stopped (Ctrl-C) after" if self.interrupted else "run finished in"
+        unknown = "" if self.counters_known else "(the runner reports its counters only when the job ends)"
         lines = [
             f"realtime-analytics: {how} {self.seconds:.1f} s ({self.mode})",
             "",
-            line("records read", read),
-            line("valid events", c.get("events_valid", 0)),
-            line("duplicates dropped", duplicates),
-            line("too late", c.get("too_late", 0), "(in the dead letter as too_late)"),
+            line("records read", counted("records_read"), unknown),
+            line("valid events", counted("events_valid")),
+            line("duplicates dropped", counted("duplicates")),
+            line("too late", counted("too_late"), "(in the dead letter as too_late)"),
         ]
         if self.remote_dead_letters:
             codes = Counter({k[len("dead_letters_") :]: v for k, v in c.items() if k.startswith("dead_letters_") and v})
             codes = Counter({code: n for code, n in codes.items() if not code.startswith("stage_")})
-            lines.append(line("dead letters", self.dead_letters, "(counted by the pipeline; not read back)"))
+            dead = self.dead_letters if self.counters_known else NOT_AVAILABLE
+            lines.append(line("dead letters", dead, "(counted by the pipeline; not read back)"))
         else:
             codes = Counter(row["error_code"] for row in self.dead_letter_rows)
             lines.append(line("dead letters", self.dead_letters))
@@ -130,7 +137,7 @@ class RunSummary:
             lines += [
                 line("aggregated events", NOT_AVAILABLE, "(the aggregates went where the summary cannot read)"),
                 line("windows", NOT_AVAILABLE),
-                line("aggregate rows", c.get("aggregate_rows", 0), "(counted by the pipeline; not read back)"),
+                line("aggregate rows", counted("aggregate_rows"), "(counted by the pipeline; not read back)"),
                 f"  {'conservation':<24}not checked here: results went to {', '.join(self.remote_sinks)} "
                 "(count them there: read = final-pane event_count + dead letters + duplicates)",
             ]
@@ -148,7 +155,9 @@ class RunSummary:
                 f"  {'conservation':<24}{read} read = {self.aggregated_events} aggregated + "
                 f"{self.dead_letters} dead letters + {duplicates} duplicates: "
                 + (
-                    "not checked (stopped: records in flight are in no file yet)"
+                    "not checked (the runner gave no counters)"
+                    if not self.counters_known
+                    else "not checked (stopped: records in flight are in no file yet)"
                     if self.interrupted
                     else "ok"
                     if self.conserved()

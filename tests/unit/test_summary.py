@@ -118,3 +118,12 @@ def test_a_stopped_run_says_so_and_checks_nothing():
     text = summary.render()
     assert text.splitlines()[0] == "realtime-analytics: stopped (Ctrl-C) after 7.5 s (DirectRunner, streaming)"
     assert "MISMATCH" not in text and "not checked" in _line(text, "conservation")
+
+
+def test_counters_a_runner_did_not_give_are_not_available():
+    summary = RunSummary(5.0, "FlinkRunner, streaming", {}, interrupted=True, counters_known=False)
+    text = summary.render()
+    assert _line(text, "records read").split()[2:4] == NOT_AVAILABLE.split()
+    assert "only when the job ends" in _line(text, "records read")
+    assert _line(text, "valid events").split()[2:4] == NOT_AVAILABLE.split()
+    assert "not checked (the runner gave no counters)" in _line(text, "conservation")
