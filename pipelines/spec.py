@@ -8,8 +8,8 @@ the options: Beam gets its own ``PipelineOptions`` from ``runners.beam_options``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from apache_beam.options.pipeline_options import (
@@ -59,7 +59,7 @@ from transforms.io.kafka import KafkaSettings, check_consumer_group, check_start
 from transforms.io.kafka_security import PLAINTEXT, KafkaSecurity, KafkaSecurityError, kafka_security
 from transforms.io.synthetic import as_replay
 from transforms.pseudonymize import load_key
-from transforms.secrets import SecretError
+from transforms.secrets import SecretError, resolve_secret
 from transforms.validate import CONTRACT_FIELDS
 from transforms.windowing import SLIDING, WindowSpec
 
@@ -89,6 +89,9 @@ class LaunchSpec:
     runner: RunnerSpec
     argv: tuple[str, ...]  # the flags as given (Beam's own options come from them: runners.beam_options)
     kafka_security: KafkaSecurity = KafkaSecurity()  # read once; also what the start-up check connects with
+    # The Kafka secrets the references resolve to, read once here (option name -> value): what the start-up check
+    # authenticates with. Never shown, never compared; the job itself gets only the references.
+    kafka_secrets: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def streaming(self) -> bool:
@@ -167,7 +170,7 @@ def resolve(argv: Sequence[str]) -> LaunchSpec:
     except ValueError as exc:
         raise ConfigError(f"--kafka_consumer_group {exc}") from None
     uses_kafka = KAFKA in (scheme_of(source), scheme_of(sink), scheme_of(dead_letter_sink))
-    security = _kafka_security(opts, uses_kafka)
+    security, kafka_secrets = _kafka_security(opts, uses_kafka)
     pseudonymization_key = _pseudonymization_key(opts)
 
     # Streaming is decided here and only here: a replay is a stream on a simulated clock, a broker never ends.
@@ -253,6 +256,7 @@ def resolve(argv: Sequence[str]) -> LaunchSpec:
         runner=runner,
         argv=argv,
         kafka_security=security,
+        kafka_secrets=kafka_secrets,
     )
 
 
@@ -287,9 +291,9 @@ def _bigquery_endpoints(opts: AnalyticsOptions, sinks: Sequence[str]) -> tuple[s
     return method, endpoint, storage_endpoint
 
 
-def _kafka_security(opts: AnalyticsOptions, uses_kafka: bool) -> KafkaSecurity:
-    """The ``--kafka_security_protocol``/``--kafka_sasl_*``/``--kafka_ssl_*`` settings: certificates read, secret
-    references checked to resolve here."""
+def _kafka_security(opts: AnalyticsOptions, uses_kafka: bool) -> tuple[KafkaSecurity, dict[str, str]]:
+    """The ``--kafka_security_protocol``/``--kafka_sasl_*``/``--kafka_ssl_*`` settings, certificates read, and the
+    values their secret references resolve to here (each read once)."""
     try:
         security = kafka_security(
             opts.kafka_security_protocol,
@@ -302,10 +306,19 @@ def _kafka_security(opts: AnalyticsOptions, uses_kafka: bool) -> KafkaSecurity:
         )
         if security.protocol != PLAINTEXT and not uses_kafka:
             raise ConfigError("--kafka_security_protocol applies only to kafka:// sources and sinks")
-        security.check_secrets_resolve()
+        secrets = {}
+        for option, ref in (
+            ("kafka_sasl_password", security.sasl_password),
+            ("kafka_ssl_client_key", security.client_key),
+        ):
+            if ref is not None:
+                try:
+                    secrets[option] = resolve_secret(ref).decode("utf-8")
+                except SecretError as exc:
+                    raise KafkaSecurityError(option, str(exc)) from None
     except KafkaSecurityError as exc:
         raise ConfigError(str(exc)) from None
-    return security
+    return security, secrets
 
 
 def _pseudonymization_key(opts: AnalyticsOptions) -> str | None:

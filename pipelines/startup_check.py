@@ -28,9 +28,7 @@ from transforms.io import FILE_SCHEMES, KAFKA, PUBSUB, SinkSettings, local_file_
 from transforms.io.bigquery import SCHEME as BIGQUERY
 from transforms.io.bigquery import parse_bigquery_uri
 from transforms.io.kafka import parse_kafka_uri
-from transforms.io.kafka_security import KafkaSecurity
 from transforms.io.pubsub import parse_pubsub_uri
-from transforms.secrets import resolve_secret
 
 _LOG = logging.getLogger(__name__)
 
@@ -49,7 +47,7 @@ def check_before_start(spec: LaunchSpec, timeout_s: float = CHECK_TIMEOUT_S) -> 
     """Raises ConfigError (one line: the option, what was tried, what was found) for the first problem."""
     checks: list[tuple[str, Callable[[], str | None]]] = [("source", lambda: source_problem(spec))]
     for name, sink in spec.sinks:
-        checks.append((name, lambda sink=sink: sink_problem(sink, spec.kafka_security)))
+        checks.append((name, lambda sink=sink: sink_problem(sink, spec)))
     for name, check in checks:
         problem = bounded(check, timeout_s)
         if problem:
@@ -82,18 +80,18 @@ def source_problem(spec: LaunchSpec) -> str | None:
     if scheme == PUBSUB:
         return _pubsub_problem(uri)
     if scheme == KAFKA:
-        return _kafka_problem(uri, spec.kafka_security)
+        return _kafka_problem(uri, spec)
     return None  # synthetic: generated here
 
 
-def sink_problem(sink: SinkSettings, security: KafkaSecurity) -> str | None:
+def sink_problem(sink: SinkSettings, spec: LaunchSpec) -> str | None:
     scheme = scheme_of(sink.uri)
     if scheme == BIGQUERY:
         return _bigquery_problem(sink)
     if scheme == PUBSUB:
         return _pubsub_problem(sink.uri)
     if scheme == KAFKA:
-        return _kafka_problem(sink.uri, security)
+        return _kafka_problem(sink.uri, spec)
     path = local_file_prefix(sink.uri)
     return _writable_problem(path) if path is not None else None
 
@@ -244,26 +242,23 @@ def schema_problems(
 # ---- Kafka -------------------------------------------------------------------------------------------------------
 
 
-def _kafka_problem(uri: str, security: KafkaSecurity) -> str | None:
+def _kafka_problem(uri: str, spec: LaunchSpec) -> str | None:
     ref = parse_kafka_uri(uri)
-    problem = topic_problem(ref.servers, ref.topic, client_security(security), timeout_s=_CALL_TIMEOUT_S)
-    return f"{problem} (tried {uri} over {security.protocol})" if problem else None
+    problem = topic_problem(ref.servers, ref.topic, client_security(spec), timeout_s=_CALL_TIMEOUT_S)
+    return f"{problem} (tried {uri} over {spec.kafka_security.protocol})" if problem else None
 
 
-def client_security(security: KafkaSecurity) -> ClientSecurity:
-    """The pipeline's Kafka security settings with their secrets resolved, for the probe's own connection."""
-
-    def secret(ref) -> str | None:
-        return resolve_secret(ref).decode("utf-8") if ref is not None else None
-
+def client_security(spec: LaunchSpec) -> ClientSecurity:
+    """The pipeline's Kafka security settings, with the secrets the spec resolved, for the probe's own connection."""
+    security = spec.kafka_security
     return ClientSecurity(
         protocol=security.protocol,
         ca_pem=security.ca_pem,
         client_cert_pem=security.client_cert_pem,
-        client_key_pem=secret(security.client_key),
+        client_key_pem=spec.kafka_secrets.get("kafka_ssl_client_key"),
         sasl_mechanism=security.sasl_mechanism,
         username=security.sasl_username,
-        password=secret(security.sasl_password),
+        password=spec.kafka_secrets.get("kafka_sasl_password"),
     )
 
 
