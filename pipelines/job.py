@@ -144,7 +144,8 @@ class _WithoutEndedStreams(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         text = record.getMessage()
-        return not _is_ended_stream(exc) and "StatusCode.CANCELLED" not in text and "StatusCode.UNAVAILABLE" not in text
+        expected = ("StatusCode.CANCELLED", "StatusCode.UNAVAILABLE", "pipeline canceled")  # the last: Prism's
+        return not _is_ended_stream(exc) and not any(words in text for words in expected)
 
 
 class SourceWatch:
