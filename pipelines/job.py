@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 from apache_beam.runners.runner import PipelineResult
 
+from pipelines import runners
 from pipelines.spec import LaunchSpec
 from pipelines.startup_check import bounded, source_problem
 from pipelines.summary import counters
@@ -55,7 +56,7 @@ def run_until_done(pipeline: beam.Pipeline, spec: LaunchSpec) -> JobOutcome:
                 watch.tick()
     except KeyboardInterrupt:
         so_far = _counters_so_far(result)
-        _cancel(result, waiter)
+        _cancel(result, waiter, spec)
         return JobOutcome(so_far, interrupted=True)
     finally:
         if beams_handler is not None:
@@ -107,14 +108,19 @@ def _counters_so_far(result: PipelineResult) -> dict[str, int]:
     return values[0] if values else {}
 
 
-def _cancel(result: PipelineResult, waiter: _Waiter) -> None:
-    """Cancels the job; the streams Beam's threads read end with CANCELLED (or UNAVAILABLE once the runner has let
-    go of the job), which is the expected end here and is not reported."""
+def _cancel(result: PipelineResult, waiter: _Waiter, spec: LaunchSpec) -> None:
+    """Cancels the job (on a Flink cluster also through Flink's REST API: Beam's job server cancels only its own
+    invocation); the streams Beam's threads read end with CANCELLED (or UNAVAILABLE once the runner has let go of the
+    job), which is the expected end here and is not reported."""
     _quiet_ended_streams()
     try:
         result.cancel()
     except Exception as exc:  # noqa: BLE001 - a job that ended meanwhile cannot be cancelled: nothing to do
         _LOG.debug("cancel: %s", exc)
+    try:
+        runners.cancel_on_flink_cluster(spec.runner)
+    except OSError as exc:
+        _LOG.warning("could not cancel the job on the Flink cluster at %s: %s", spec.runner.flink_master, exc)
     waiter.finished(timeout_s=_METRICS_TIMEOUT_S)
 
 

@@ -86,6 +86,9 @@ class RunnerSpec:
     flink: Mapping[str, int | str] = field(default_factory=dict)
     # What the user gave explicitly for the runner's local pieces (None: filled in from the cache).
     flink_master: str = "[auto]"
+    # The job's name (--job_name, or one made unique for a Flink cluster): a job on a cluster is found, and cancelled,
+    # by it; Beam's Flink job server leaves the cluster's job running when its own invocation is cancelled.
+    job_name: str | None = None
     flink_job_server_jar: str | None = None
     prism_location: str | None = None
     environment_type: str | None = None
@@ -276,10 +279,37 @@ def flink_overrides(runner: RunnerSpec) -> dict[str, Any]:
 
     overrides: dict[str, Any] = dict(runner.flink)
     overrides["flink_job_server_jar"] = runner.flink_job_server_jar or str(flink_job_server_jar())
+    if runner.job_name:
+        overrides["job_name"] = runner.job_name
     if not runner.environment_type and runner.flink_master.strip() not in EMBEDDED_FLINK:
         overrides["environment_type"] = "PROCESS"
         overrides["environment_config"] = json.dumps({"command": str(python_boot_command())})
     return overrides
+
+
+def on_flink_cluster(runner: RunnerSpec) -> bool:
+    return runner.engine == FLINK and runner.flink_master.strip() not in EMBEDDED_FLINK
+
+
+def cancel_on_flink_cluster(runner: RunnerSpec, timeout_s: float = 10.0) -> list[str]:
+    """Cancels the job's unfinished runs on the Flink cluster through Flink's REST API (found by job name); returns
+    their Flink job ids. Beam's job server cancels only its own invocation, which leaves the cluster's job running."""
+    import urllib.request
+
+    if not on_flink_cluster(runner) or not runner.job_name:
+        return []
+    master = runner.flink_master.strip()
+    rest = master if "://" in master else f"http://{master}"
+    with urllib.request.urlopen(f"{rest}/jobs/overview", timeout=timeout_s) as answer:
+        jobs = json.load(answer).get("jobs", [])
+    finished = ("FINISHED", "CANCELED", "FAILED")
+    cancelled = []
+    for job in jobs:
+        if job.get("name") == runner.job_name and job.get("state") not in finished:
+            request = urllib.request.Request(f"{rest}/jobs/{job['jid']}?mode=cancel", method="PATCH")
+            with urllib.request.urlopen(request, timeout=timeout_s):
+                cancelled.append(job["jid"])
+    return cancelled
 
 
 def runner_object(runner: RunnerSpec) -> PipelineRunner | None:

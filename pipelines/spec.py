@@ -8,12 +8,14 @@ the options: Beam gets its own ``PipelineOptions`` from ``runners.beam_options``
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from apache_beam.options.pipeline_options import (
     FlinkRunnerOptions,
+    GoogleCloudOptions,
     PipelineOptions,
     PortableOptions,
     PrismRunnerOptions,
@@ -218,6 +220,7 @@ def resolve(argv: Sequence[str]) -> LaunchSpec:
         flink_job_server_jar=options.view_as(FlinkRunnerOptions).flink_job_server_jar,
         prism_location=options.view_as(PrismRunnerOptions).prism_location,
         environment_type=options.view_as(PortableOptions).environment_type,
+        job_name=_job_name(options, engine),
     )
     kafka = None
     if uses_kafka:
@@ -258,6 +261,14 @@ def resolve(argv: Sequence[str]) -> LaunchSpec:
         kafka_security=security,
         kafka_secrets=kafka_secrets,
     )
+
+
+def _job_name(options: PipelineOptions, engine: str) -> str | None:
+    """``--job_name`` as given; a Flink job gets a unique one otherwise, so that it can be found on its cluster."""
+    given = options.view_as(GoogleCloudOptions).job_name
+    if given or engine != runners.FLINK:
+        return given
+    return f"realtime-analytics-{uuid.uuid4().hex[:12]}"
 
 
 def _key_field(raw: str | None) -> str:

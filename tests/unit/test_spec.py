@@ -122,3 +122,11 @@ def test_the_spec_is_frozen():
         launch.streaming = True  # type: ignore[misc]
     with pytest.raises(AttributeError):
         launch.runner.engine = "x"  # type: ignore[misc]
+
+
+def test_a_flink_job_gets_a_name_it_can_be_found_by_on_its_cluster():
+    flink = ["--source=in.jsonl", "--runner=FlinkRunner", "--flink_master=127.0.0.1:8081", *SINKS]
+    first, second = resolve(flink).runner.job_name, resolve(flink).runner.job_name
+    assert first.startswith("realtime-analytics-") and first != second
+    assert resolve([*flink, "--job_name=nightly"]).runner.job_name == "nightly"
+    assert resolve(["--source=in.jsonl", *SINKS]).runner.job_name is None  # the direct runner needs none
