@@ -125,7 +125,7 @@ def test_kafka_broker_restart_on_flink_loses_nothing(private_kafka, flink_cluste
     topic = topics["load"]
     spec = parse_synthetic_uri(SPEC)
     out = tmp_path / "flink"
-    spec = resolve(
+    launch_spec = resolve(
         [
             f"--source=kafka://{bootstrap}/{topic}",
             f"--sink={out / 'agg'}",
@@ -142,8 +142,8 @@ def test_kafka_broker_restart_on_flink_loses_nothing(private_kafka, flink_cluste
             "--execution_retry_delay=2000",
         ]
     )
-    pipeline = new_pipeline(spec)
-    build_pipeline(pipeline, spec)
+    pipeline = new_pipeline(launch_spec)
+    build_pipeline(pipeline, launch_spec)
     # Event times from now on: the load starts once the job is up, so they are a little late on arrival (well within
     # the allowed lateness), which the streaming job aggregates like the batch run does.
     payloads = [payload for _, _, payload in generate_block(spec, 0, RATE * LOAD_S, anchor_us=now_us())]
