@@ -40,3 +40,16 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(0.5)
+
+
+def assert_late_panes_only_with_late_data(rows: list[dict[str, Any]]) -> None:
+    """A LATE pane carries events its window got after the pane before it: never a repeat. (A window that closes
+    without late data emits no closing pane, so its final pane is the highest pane_index, not one flagged last.)"""
+    by_window: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_window.setdefault((row["window_start"], row["event_type"], row["key"]), []).append(row)
+    for panes in by_window.values():
+        panes.sort(key=lambda row: row["pane_index"])
+        for before, pane in zip(panes, panes[1:], strict=False):
+            if pane["pane_timing"] == "LATE":
+                assert pane["event_count"] > before["event_count"], (before, pane)

@@ -16,7 +16,7 @@ import pytest
 from pipelines.streaming_analytics import run
 from pipelines.summary import RunSummary
 from tests.integration.event_mix import MINUTE_US, as_json, event_fields, expected_finals, mix, recent_window
-from tests.integration.results import final_counts
+from tests.integration.results import assert_late_panes_only_with_late_data, final_counts
 from transforms.timefmt import format_rfc3339_us
 
 FLINK = ["--runner=FlinkRunner", "--flink_master=[local]"]
@@ -64,19 +64,6 @@ def test_batch_file_on_flink_gives_the_exact_aggregates_and_dead_letters(tmp_pat
     assert Counter(row["error_code"] for row in summary.dead_letter_rows) == Counter(bad.values())
     assert summary.counters["duplicates"] == 1
     assert summary.conserved()
-
-
-def assert_late_panes_only_with_late_data(rows: list[dict]) -> None:
-    """A LATE pane carries events its window got after the pane before it: never a repeat (a window that closes
-    without late data emits no closing pane, so its final pane is the highest pane_index, not one flagged last)."""
-    by_window: dict[tuple, list[dict]] = {}
-    for row in rows:
-        by_window.setdefault((row["window_start"], row["event_type"], row["key"]), []).append(row)
-    for panes in by_window.values():
-        panes.sort(key=lambda row: row["pane_index"])
-        for before, pane in zip(panes, panes[1:], strict=False):
-            if pane["pane_timing"] == "LATE":
-                assert pane["event_count"] > before["event_count"], (before, pane)
 
 
 def test_streaming_synthetic_on_flink_accounts_for_every_record(tmp_path):
