@@ -11,6 +11,8 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
+from collections.abc import Mapping
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineRunner
@@ -191,30 +193,67 @@ def is_flink(options: PipelineOptions) -> bool:
     return runner in ("flink", "flinkrunner")
 
 
+def _given_flink_version(options: PipelineOptions) -> str | None:
+    """``--flink_version`` as given on the command line, or None (Beam's default names a Flink nothing here runs)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--flink_version")
+    known, _ = parser.parse_known_args(list(getattr(options, "_flags", None) or []))
+    return known.flink_version
+
+
 def fill_flink_options(options: PipelineOptions) -> PipelineOptions:
     """``--runner=FlinkRunner``: the cached job server jar unless ``--flink_job_server_jar`` is given (so Beam never
-    downloads one), and Python workers without Docker: LOOPBACK (in this process) on the embedded Flink
-    (``--flink_master=[local]``), a PROCESS environment (``pipelines/boot.py``, started by the TaskManager) on a
-    cluster. An explicit ``--environment_type`` wins. The Flink options of ``AnalyticsOptions`` (checkpointing, state
-    backend, restarts) get the types the job server expects. Returns ``options`` (changed in place)."""
+    downloads one), ``--flink_version`` set to the Flink that jar runs, and Python workers without Docker: LOOPBACK
+    (in this process) on the embedded Flink (``--flink_master=[local]``), a PROCESS environment (``pipelines/boot.py``,
+    started by the TaskManager, with the launching environment's emulator addresses) on a cluster. An explicit
+    ``--environment_type`` wins. The Flink options of ``AnalyticsOptions`` (checkpointing, state backend, restarts)
+    get the types the job server expects. Returns ``options`` (changed in place); raises ConfigError for a
+    ``--flink_version`` the cached job server does not run."""
     from apache_beam.options.pipeline_options import FlinkRunnerOptions, PortableOptions
 
+    from pipelines import jars
     from pipelines.boot import python_boot_command
-    from pipelines.jars import flink_job_server_jar
+    from pipelines.options import AnalyticsOptions, ConfigError, flink_settings
 
     flink = options.view_as(FlinkRunnerOptions)
     if not flink.flink_job_server_jar:
-        flink.flink_job_server_jar = str(flink_job_server_jar())
-    from pipelines.options import AnalyticsOptions, flink_settings
-
+        given = _given_flink_version(options)
+        if given not in (None, jars.FLINK_VERSION):
+            raise ConfigError(
+                f"--flink_version={given}: the job server this project assembles runs Flink {jars.FLINK_VERSION} "
+                f"(Beam Java {jars.BEAM_FLINK_VERSION}); for another Flink pass --flink_job_server_jar of a job server "
+                "built for it"
+            )
+        flink.flink_job_server_jar = str(jars.flink_job_server_jar())
+        # Beam only uses it to pick a jar to download; set, it names what runs (in the job's options and logs).
+        flink.flink_version = jars.FLINK_VERSION
     # Typed for the job server (Beam Java's FlinkPipelineOptions: checkpointing_interval -> checkpointingInterval).
     for name, value in flink_settings(options).items():
         setattr(options.view_as(AnalyticsOptions), name, value)
     portable = options.view_as(PortableOptions)
     if not portable.environment_type and flink.flink_master.strip() not in EMBEDDED_FLINK:
         portable.environment_type = "PROCESS"
-        portable.environment_config = json.dumps({"command": str(python_boot_command())})
+        config: dict[str, object] = {"command": str(python_boot_command())}
+        env = worker_emulator_env()
+        if env:
+            config["env"] = env
+        portable.environment_config = json.dumps(config)
     return options
+
+
+# Google's client libraries find an emulator through <SERVICE>_EMULATOR_HOST (PUBSUB_EMULATOR_HOST, ...); this
+# project's BigQuery sink adds BIGQUERY_EMULATOR_GRPC_HOST / _PROJECT. Workers a TaskManager starts inherit the
+# TaskManager's environment, not the launching shell's, so a job that talks to emulators carries their addresses to its
+# workers in its PROCESS environment (ProcessPayload.env). Addresses only: credentials never travel this way.
+_EMULATOR_ENV = re.compile(r"[A-Z][A-Z0-9_]*_EMULATOR_(HOST|GRPC_HOST|PROJECT)")
+
+
+def worker_emulator_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The emulator addresses of ``environ`` (default: this process's) that Python workers on a cluster get."""
+    source = os.environ if environ is None else environ
+    return {name: value for name, value in sorted(source.items()) if _EMULATOR_ENV.fullmatch(name) and value}
 
 
 def kafka_expansion_service(options: PipelineOptions):

@@ -1,6 +1,6 @@
 """Kafka (a real broker) -> the main job on a real Flink session cluster (streaming) -> the BigQuery emulator.
 
-The cluster is Flink 1.16 from PyPI (services/flink.py): a JobManager and a TaskManager process. The pipeline is
+The cluster is Flink 1.19 from PyPI (services/flink.py): a JobManager and a TaskManager process. The pipeline is
 submitted through Beam's Flink job server (pipelines/jars.py) with no Flink-specific flag besides ``--flink_master``;
 the TaskManager reads Kafka itself (runner-native KafkaIO) and starts the Python and Java SDK workers as processes
 (pipelines/boot.py). Both tables must hold exactly the expected final aggregates and dead letters, and the
@@ -62,7 +62,7 @@ def test_kafka_to_bigquery_on_a_flink_session_cluster(
         result.cancel()
     assert len(running) == 1  # the job ran on the cluster, not on an embedded Flink
     assert (checkpoint_config["interval"], checkpoint_config["mode"]) == (1000, "at_least_once")
-    assert checkpoint_config["state_backend"] == "RocksDBStateBackend"  # what Beam 2.56 sets for rocksdb
+    assert checkpoint_config["state_backend"] == "RocksDBStateBackend"  # what Beam 2.62 sets for rocksdb
     assert completed >= 1 and any((tmp_path / "checkpoints").iterdir())
     assert finals == expected_finals(window_a)
     assert {base64.b64decode(row["payload"]): row["error_code"] for row in dead} == bad
