@@ -106,6 +106,22 @@ def parse_kafka_uri(uri: str) -> KafkaTopic:
     return KafkaTopic(tuple(servers), topic)
 
 
+# The consumer's fetch sizes, chosen for the runner's memory rather than left at Kafka's defaults (see
+# docs/runners-flink.md, "Sizing"). All three are soft limits: a record larger than a fetch limit still comes, alone
+# in its fetch, so a record of --max_payload_bytes (1 MiB by default) or more is read (and dead-lettered if too large)
+# whatever they say. A reader buffers about two fetches (one being parsed, one in flight) on the heap, plus the same
+# again as the JVM's temporary direct buffer for the socket read, so fetch.max.bytes bounds a reader's memory.
+FETCH_CONFIG = {
+    # Per partition and fetch: one max-size record (1 MiB) with its batch framing, or ~5,000 ordinary ones.
+    "max.partition.fetch.bytes": str(1 << 20),
+    # Per fetch over all of a reader's partitions (Kafka's default is 50 MiB): with 8 MiB a reader holds ~32 MiB at
+    # most (heap and direct), and still reads 8 partitions' full share per round trip.
+    "fetch.max.bytes": str(8 << 20),
+    # Records handed over per poll (Kafka's default): a poll never holds more than the fetches above anyway; more
+    # would only make each hand-over larger, fewer would add polls.
+    "max.poll.records": "500",
+}
+
 _CONSUMER_GROUP = re.compile(r"[a-zA-Z0-9._-]{1,255}")
 
 
@@ -165,6 +181,7 @@ class ReadKafkaRecords(beam.PTransform):
         ref, settings = self._ref, self._settings
         config = {
             "consumer_config": {
+                **FETCH_CONFIG,
                 **dict(settings.client_properties),
                 "bootstrap.servers": ref.bootstrap_servers,
                 "group.id": settings.consumer_group,
