@@ -9,6 +9,7 @@ outputs as the Beam job, without Beam.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import orjson
@@ -34,14 +35,22 @@ def _merged(acc: Accumulator, other: Accumulator) -> Accumulator:
 
 def run_plain_loop(path: str, out_dir: str, config: AnalyticsConfig | None = None) -> dict[str, int]:
     """Runs the job on ``path``; writes ``aggregates.jsonl`` and ``dead_letter.jsonl`` to ``out_dir``; counters."""
+    batches = ((path, lines) for lines in read_line_range(path, 0, os.path.getsize(path)))
+    return run_plain_loop_on(batches, out_dir, config)
+
+
+def run_plain_loop_on(
+    batches: Iterable[tuple[str, list[bytes]]], out_dir: str, config: AnalyticsConfig | None = None
+) -> dict[str, int]:
+    """The same loop on batches of (source name, payloads) from anywhere (a file, a Kafka consumer)."""
     cfg = config or AnalyticsConfig()
     parser = BatchParser(cfg.format, cfg.key_field, cfg.max_clock_skew_s, cfg.max_payload_bytes)
     os.makedirs(out_dir, exist_ok=True)
     counters = {"records_read": 0, "events_valid": 0, "dead_letters": 0, "duplicates": 0, "aggregate_rows": 0}
     rows = []
     with open(Path(out_dir) / "dead_letter.jsonl", "wb") as dead:
-        for lines in read_line_range(path, 0, os.path.getsize(path)):
-            batch = RecordBatch(path, lines)
+        for source, lines in batches:
+            batch = RecordBatch(source, lines)
             parsed, rejected = parser.parse(batch)
             checked, invalid = parser.validate(parsed)
             written = [orjson.dumps(r) for r in dead_letters(batch, rejected, dl.STAGE_PARSE)]

@@ -23,7 +23,13 @@ class Row:
     plotted: bool = True  # against input size (not the Flink row: its input is its own)
 
 
-def rows(sizes: list[int], variants: list[Any], cells: dict, checked: tuple[str, ...]) -> list[Row]:
+def rows(
+    sizes: list[int],
+    variants: list[Any],
+    cells: dict,
+    checked: tuple[str, ...],
+    own_input: tuple[str, ...] = ("flink",),
+) -> list[Row]:
     out = []
     for size in sizes:
         plain = cells.get((size, "plain"))
@@ -60,11 +66,16 @@ def rows(sizes: list[int], variants: list[Any], cells: dict, checked: tuple[str,
                     size,
                     variant.label,
                     rate,
-                    rate / baseline if rate and baseline and variant.name != "flink" else None,
+                    # Rows with their own input carry their own baseline (benchmarks/flink.py: own_ratio).
+                    cell.median("own_ratio")
+                    if variant.name in own_input
+                    else rate / baseline
+                    if rate and baseline
+                    else None,
                     rss / _MB if rss else None,
                     cell.median("cpu_seconds"),
                     "; ".join(notes),
-                    plotted=variant.name != "flink",
+                    plotted=variant.name not in own_input,
                 )
             )
     return out
