@@ -42,6 +42,7 @@ VARIANTS = {
         Variant("beam1", "Beam batch, DirectRunner, 1 worker (in process)", ("beam", "--workers", "1")),
         Variant("beam2", "Beam batch, DirectRunner, 2 worker processes", ("beam", "--workers", "2")),
         Variant("beam1_nodedup", "Beam batch, 1 worker, dedup off (memory reference)", ("beam", "--no-dedup")),
+        Variant("direct_replay", "Beam streaming, DirectRunner, replay of 20,000 records", ("direct_replay",)),
         Variant("flink", "Beam streaming, Flink, from Kafka", ("flink",)),
         # benchmarks/flink.py: each its own input (a Kafka backlog or a stream), measured once per run.
         Variant("flink_1m", "Beam streaming, Flink, 1M-record catch-up with 1 MiB records", ("flink_1m",)),
@@ -53,7 +54,15 @@ VARIANTS = {
 }
 CHECKED = ("records_read", "events_valid", "dead_letters", "duplicates", "aggregate_rows")
 # Measured once (first size, first run): independent of the batch input, and minutes long.
-ONCE = ("flink", "flink_1m", "flink_p2", "prism_kafka", "flink_soak_kafka", "flink_soak_synthetic")
+ONCE = (
+    "flink",
+    "direct_replay",
+    "flink_1m",
+    "flink_p2",
+    "prism_kafka",
+    "flink_soak_kafka",
+    "flink_soak_synthetic",
+)
 
 
 @dataclass

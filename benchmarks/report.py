@@ -9,6 +9,9 @@ from typing import Any
 START = "<!-- bench:results:start (written by `make bench`; edit outside these markers) -->"
 END = "<!-- bench:results:end -->"
 _MB = 1 << 20
+# Variants that read an input of their own (a Kafka topic, a replayed stream): not plotted against the input size,
+# and their ratio to the plain loop is their own row's business (``own_ratio``, a baseline of their own run, if any).
+_OWN_INPUT = ("flink", "direct_replay")
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,7 @@ def rows(
     variants: list[Any],
     cells: dict,
     checked: tuple[str, ...],
-    own_input: tuple[str, ...] = ("flink",),
+    own_input: tuple[str, ...] = _OWN_INPUT,
 ) -> list[Row]:
     out = []
     for size in sizes:
@@ -52,6 +55,9 @@ def rows(
                     if name in run["counters"] and run["counters"][name] != expected[name]
                 ]
                 notes.append(f"COUNTS DIFFER from the plain loop: {sorted(set(differs))}" if differs else "same counts")
+            if variant.name == "direct_replay" and cell.runs:
+                counters = cell.runs[0]["counters"]
+                notes.append("conserved" if counters.get("conserved") else "CONSERVATION MISMATCH")
             if variant.name == "beam1_nodedup":
                 notes.append("not the job (no dedup): what the rest of it needs in memory")
             if variant.name == "parse_validate":
