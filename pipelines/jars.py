@@ -60,6 +60,7 @@ FLINK_RUNTIME_VERSION = "1.19.0"
 KAFKA_CLIENTS_VERSION = "3.9.1"
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 SHADE_PLUGIN_VERSION = "3.6.0"
+COMPILER_PLUGIN_VERSION = "3.13.0"
 EXPANSION_MAIN = "org.apache.beam.sdk.expansion.service.ExpansionService"
 FLINK_JOB_SERVER_MAIN = "org.apache.beam.runners.flink.FlinkJobServerDriver"
 EXPANSION_JAR = "expansion-service.jar"
@@ -115,6 +116,9 @@ class JavaSet:
     # (jar file name, Main-Class): the whole classpath as one self-contained jar, built by maven-shade-plugin next to
     # lib/ (not in it: the Java worker's classpath is lib/*).
     shaded: tuple[str, str] | None = None
+    # Java sources compiled into the shaded jar, where their classes take the place of the dependencies' classes of
+    # the same name (patched copies of upstream classes, each saying what it changes and why).
+    patches: Path | None = None
 
     @property
     def directory(self) -> Path:
@@ -152,10 +156,22 @@ class JavaSet:
         if self.shaded is None:
             return ""
         jar, main = self.shaded
+        sources = ""
+        if self.patches is not None:
+            # The project's own classes go into the shaded jar first, so they win over a dependency's copy.
+            sources = f"""\
+    <sourceDirectory>{self.patches}</sourceDirectory>
+"""
         return f"""\
   <build>
     <finalName>{jar.removesuffix(".jar")}</finalName>
-    <plugins>
+{sources}    <plugins>
+      <plugin>
+        <groupId>org.apache.maven.plugins</groupId>
+        <artifactId>maven-compiler-plugin</artifactId>
+        <version>{COMPILER_PLUGIN_VERSION}</version>
+        <configuration><release>11</release></configuration>
+      </plugin>
       <plugin>
         <groupId>org.apache.maven.plugins</groupId>
         <artifactId>maven-shade-plugin</artifactId>
@@ -254,6 +270,8 @@ FLINK_JAVA = JavaSet(
     # A real jar, not a manifest launcher: a job submitted to a cluster uploads the job server's classpath, and one
     # file instead of ~190 takes that from ~20 s to ~7 s here. Beam's own job-server jar is built the same way.
     shaded=(FLINK_JOB_SERVER_JAR, FLINK_JOB_SERVER_MAIN),
+    # The runner's fix for Python unbounded sources (splittable DoFns that self-checkpoint): see the file.
+    patches=REPO_ROOT / "pipelines" / "java" / "beam-flink-patches" / "src" / "main" / "java",
 )
 
 JAVA_SETS = {java.name: java for java in (KAFKA_JAVA, FLINK_JAVA)}
@@ -278,6 +296,8 @@ def java_set(name: str) -> JavaSet:
 def _fingerprint(java: JavaSet) -> str:
     jdk = " ".join(JAVA_17_OPENS + JAVA_17_EXPORTS)
     text = java.pom() + java.boot_script() + json.dumps(dict(java.launchers)) + jdk
+    if java.patches is not None:
+        text += "".join(path.read_text() for path in sorted(java.patches.rglob("*.java")))
     return hashlib.sha256((text + str(REPO_ROOT)).encode()).hexdigest()
 
 
