@@ -240,32 +240,30 @@ def _job_argv(bootstrap: str, topic: str, out: Path, runner: list[str], extra: l
 @contextlib.contextmanager
 def _job(argv: list[str]) -> Iterator[None]:
     """The main job built from ``argv`` and submitted; cancelled on exit."""
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
+    from pipelines.graph import build_pipeline, new_pipeline
+    from pipelines.runners import cancel_on_flink_cluster
+    from pipelines.spec import resolve
 
-    from pipelines.graph import build_pipeline
-    from pipelines.runners import local_runner
-
-    options = PipelineOptions(argv)
-    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
-    build_pipeline(pipeline, options)
+    spec = resolve(argv)
+    pipeline = new_pipeline(spec)
+    build_pipeline(pipeline, spec)
     result = pipeline.run()
     try:
         yield
     finally:
         result.cancel()
+        cancel_on_flink_cluster(spec.runner)  # Beam's cancel leaves the cluster's job running
 
 
 def plain_kafka_loop(bootstrap: str, topic: str, count: int, argv: list[str]) -> dict[str, Any]:
     """The plain loop on the topic: confluent-kafka consumes ``count`` records from the earliest offset in batches;
     parse, validate, dedup and windowed aggregation with the project's functions and the job's configuration."""
-    from apache_beam.options.pipeline_options import PipelineOptions
     from confluent_kafka import Consumer
 
     from benchmarks.plain_loop import run_plain_loop_on
-    from pipelines.options import analytics_config
+    from pipelines.spec import resolve
 
-    config = analytics_config(PipelineOptions(argv))
+    config = resolve(argv).analytics
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -376,7 +374,7 @@ def run_catch_up(
 
 
 def _runner_name(runner: str, parallelism: int = 1, taskmanagers: int = 1) -> str:
-    from pipelines import jars
+    from pipelines.local_run import jars
 
     if runner == "prism":
         from pipelines.runners import PRISM_VERSION

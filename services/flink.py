@@ -1,7 +1,7 @@
 """Apache Flink as a session cluster: one JobManager and one or more TaskManager processes, from the PyPI distribution.
 
 The distribution (services/cache.py ``ensure_flink_distribution``) is Flink 1.19, the version Beam's Flink runner here
-is built for (pipelines/jars.py). Every process runs in the foreground (``jobmanager.sh start-foreground``,
+is built for (pipelines/local_run/jars.py). Every process runs in the foreground (``jobmanager.sh start-foreground``,
 ``taskmanager.sh start-foreground``) under one small bash supervisor: one process group to stop, and when any process
 dies the supervisor ends the others, so a half-dead cluster never passes for a running one.
 
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
-from pipelines.jars import JAVA_17_EXPORTS, JAVA_17_OPENS
+from pipelines.local_run.jars import JAVA_17_EXPORTS, JAVA_17_OPENS
 from services import cache
 from services._process import LOCALHOST, port_open
 from services._service import LocalService
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 def _java_17_opts() -> str:
     """The JVM flags Flink needs on Java 17: the list the distribution's own default configuration carries
-    (``env.java.opts.all``), or the project's list (pipelines/jars.py) if a distribution ships none."""
+    (``env.java.opts.all``), or the project's list (pipelines/local_run/jars.py) if a distribution ships none."""
     try:
         shipped = yaml.safe_load((cache.FLINK_HOME / "conf" / "config.yaml").read_text())["env"]["java"]["opts"]["all"]
     except (OSError, KeyError, TypeError, yaml.YAMLError):

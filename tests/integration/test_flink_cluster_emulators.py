@@ -14,12 +14,12 @@ import json
 import time
 import uuid
 
-import apache_beam as beam
 import psutil
-from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions
+from apache_beam.options.pipeline_options import PortableOptions
 
-from pipelines.graph import build_pipeline
-from pipelines.runners import local_runner
+from pipelines.graph import build_pipeline, new_pipeline
+from pipelines.runners import cancel_on_flink_cluster
+from pipelines.spec import resolve
 from services.kafka import create_topics
 from tests.integration.event_mix import expected_finals, mix, produce, recent_window
 from tests.integration.results import wait_for_bigquery
@@ -58,7 +58,7 @@ def test_cluster_workers_use_the_emulators_of_the_launching_environment(
     window_a = recent_window()
     valid, bad = mix("json", window_a)
     produce(bootstrap, topic, [*valid, *bad])
-    options = PipelineOptions(
+    spec = resolve(
         [
             f"--source=kafka://{bootstrap}/{topic}",
             f"--sink={dataset.uri('aggregates')}",  # no --bigquery_endpoint: BIGQUERY_EMULATOR_HOST names it
@@ -71,9 +71,9 @@ def test_cluster_workers_use_the_emulators_of_the_launching_environment(
             "--streaming",
         ]
     )
-    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
-    build_pipeline(pipeline, options)
-    worker_env = json.loads(options.view_as(PortableOptions).environment_config)["env"]
+    pipeline = new_pipeline(spec)
+    build_pipeline(pipeline, spec)
+    worker_env = json.loads(pipeline.options.view_as(PortableOptions).environment_config)["env"]
     result = pipeline.run()
     received: dict[bytes, str] = {}
     try:
@@ -89,6 +89,7 @@ def test_cluster_workers_use_the_emulators_of_the_launching_environment(
         running = [job for job in flink_cluster.jobs() if job["status"] == "RUNNING"]
     finally:
         result.cancel()
+        cancel_on_flink_cluster(spec.runner)  # Beam's cancel leaves the cluster's job running
     assert worker_env["PUBSUB_EMULATOR_HOST"] == pubsub_emulator.host
     assert not _emulators_in_task_managers(flink_cluster)  # the cluster itself knows no emulator
     assert running  # on the cluster, not an embedded Flink

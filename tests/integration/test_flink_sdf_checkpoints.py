@@ -1,5 +1,5 @@
 """Python splittable DoFns that self-checkpoint, on the project's Flink job server (the runner patch of
-pipelines/java/beam-flink-patches).
+pipelines/local_run/java/beam-flink-patches).
 
 Beam Java 2.62's Flink runner kept every self-checkpoint residual under a state name of its own and never dropped it
 (the TaskManager heap grew until OutOfMemoryError under a PeriodicImpulse: the synthetic:// stream), and it cut a
@@ -25,11 +25,10 @@ from pathlib import Path
 import apache_beam as beam
 import pytest
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Duration
 
-from pipelines.runners import local_runner
+from pipelines.runners import FLINK, RunnerSpec, beam_options
 
 CHAINS = 4
 CHUNKS = 6  # per chain
@@ -108,16 +107,20 @@ def _lines(directory: Path) -> list[int]:
     return [int(line) for path in directory.iterdir() for line in path.read_text().split()]
 
 
-@pytest.mark.parametrize("checkpointing", [[], ["--checkpointing_interval=500"]], ids=["plain", "checkpointed"])
+@pytest.mark.parametrize("checkpointing", [{}, {"checkpointing_interval": 500}], ids=["plain", "checkpointed"])
 def test_every_residual_chain_of_one_element_resumes_on_time_and_loses_nothing(tmp_path, checkpointing):
-    import pipelines.options  # noqa: F401  (declares --checkpointing_interval, which the job server reads)
-
     out, calls = tmp_path / "out", tmp_path / "calls"
     out.mkdir()
     calls.mkdir()
-    name = f"--job_name=sdf-{uuid.uuid4().hex[:8]}"
-    options = PipelineOptions(["--runner=FlinkRunner", "--flink_master=[local]", "--streaming", name, *checkpointing])
-    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
+    runner = RunnerSpec(
+        requested=FLINK,
+        engine=FLINK,
+        streaming=True,
+        flink=checkpointing,
+        flink_master="[local]",
+        job_name=f"sdf-{uuid.uuid4().hex[:8]}",
+    )
+    pipeline = beam.Pipeline(options=beam_options(runner, ["--runner=FlinkRunner"]))
     _ = (
         pipeline
         | beam.Create(["one element"])

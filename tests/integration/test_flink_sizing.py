@@ -52,13 +52,11 @@ def _dead_letters(rows: list[dict]) -> Counter:
 def _run_until(cluster, bootstrap: str, topic: str, out, expected: tuple[dict, Counter], *extra: str) -> dict:
     """Runs the streaming job on ``cluster`` until its results equal ``expected`` (or 600 s pass); returns what the
     job's results and Flink said."""
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
+    from pipelines.graph import build_pipeline, new_pipeline
+    from pipelines.runners import cancel_on_flink_cluster
+    from pipelines.spec import resolve
 
-    from pipelines.graph import build_pipeline
-    from pipelines.runners import local_runner
-
-    options = PipelineOptions(
+    spec = resolve(
         [
             f"--source=kafka://{bootstrap}/{topic}",
             f"--sink={out / 'agg'}",
@@ -73,8 +71,8 @@ def _run_until(cluster, bootstrap: str, topic: str, out, expected: tuple[dict, C
         ]
     )
     before = {job["id"] for job in cluster.jobs()}
-    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
-    build_pipeline(pipeline, options)
+    pipeline = new_pipeline(spec)
+    build_pipeline(pipeline, spec)
     result = pipeline.run()
     started = time.monotonic()
     try:
@@ -90,6 +88,7 @@ def _run_until(cluster, bootstrap: str, topic: str, out, expected: tuple[dict, C
         restarts = cluster.restarts(job_id) if job_id else None
     finally:
         result.cancel()
+        cancel_on_flink_cluster(spec.runner)  # Beam's cancel leaves the cluster's job running
     return {"finals": finals, "dead": dead, "state": state, "restarts": restarts, "seconds": time.monotonic() - started}
 
 

@@ -5,7 +5,7 @@
 time the too-late filter judges by); each record keeps ``topic``, ``partition``, ``offset``, ``timestamp``
 (epoch ms) and ``key`` for its dead letter. Writing sends each row as JSON bytes, keyed by its ``error_code``.
 
-Both transforms are Java (KafkaIO) expanded by an expansion service: pass one (``pipelines/jars.py`` builds it
+Both transforms are Java (KafkaIO) expanded by an expansion service: pass one (``pipelines/local_run/jars.py`` builds it
 from the cached jars); with None, Beam would download its default jar, which this project never relies on.
 """
 
@@ -33,10 +33,11 @@ _HOST = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])"  # DNS name, IPv4, or
 _SERVER = re.compile(rf"(?P<host>{_HOST}):(?P<port>[0-9]{{1,5}})")
 
 
-# The read configuration ``ReadFromKafka`` would send, cut to the fields both Java sides here know (pipelines/jars.py:
-# Beam Java 2.62 for Flink, 2.73 for Prism). An expansion service refuses a field it has no setter for ("missing a
-# setter"); Beam 2.77 also sends dynamic_read_poll_interval_seconds and consumer_factory_fn_class/_params, which 2.62
-# lacks (its KafkaIO.External.Configuration ends at allowDuplicates). Absent fields take the Java side's defaults.
+# The read configuration ``ReadFromKafka`` would send, cut to the fields both Java sides here know
+# (pipelines/local_run/jars.py: Beam Java 2.62 for Flink, 2.73 for Prism). An expansion service refuses a field it has
+# no setter for ("missing a setter"); Beam 2.77 also sends dynamic_read_poll_interval_seconds and
+# consumer_factory_fn_class/_params, which 2.62 lacks (its KafkaIO.External.Configuration ends at allowDuplicates).
+# Absent fields take the Java side's defaults.
 _READ_CONFIG_FIELDS = (
     "consumer_config",
     "topics",
