@@ -44,11 +44,25 @@ VARIANTS = {
         Variant("beam1_nodedup", "Beam batch, 1 worker, dedup off (memory reference)", ("beam", "--no-dedup")),
         Variant("direct_replay", "Beam streaming, DirectRunner, replay of 20,000 records", ("direct_replay",)),
         Variant("flink", "Beam streaming, Flink, from Kafka", ("flink",)),
+        # benchmarks/flink.py: each its own input (a Kafka backlog or a stream), measured once per run.
+        Variant("flink_1m", "Beam streaming, Flink, 1M-record catch-up with 1 MiB records", ("flink_1m",)),
+        Variant("flink_p2", "Beam streaming, Flink, 2 TaskManagers, parallelism 2", ("flink_p2",)),
+        Variant("prism_kafka", "Beam streaming, Prism, from Kafka", ("prism_kafka",)),
+        Variant("flink_soak_kafka", "Soak, Flink, from Kafka (BENCH_SOAK=0 skips)", ("flink_soak_kafka",)),
+        Variant("flink_soak_synthetic", "Soak, Flink, synthetic:// (BENCH_SOAK=0 skips)", ("flink_soak_synthetic",)),
     )
 }
 CHECKED = ("records_read", "events_valid", "dead_letters", "duplicates", "aggregate_rows")
 # Measured once (first size, first run): independent of the batch input, and minutes long.
-ONCE = ("flink", "direct_replay")
+ONCE = (
+    "flink",
+    "direct_replay",
+    "flink_1m",
+    "flink_p2",
+    "prism_kafka",
+    "flink_soak_kafka",
+    "flink_soak_synthetic",
+)
 
 
 @dataclass
@@ -133,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {variant.label}: run {repeat + 1} {'failed' if cell.failure else 'done'}", flush=True)
         loads.append((size, load_before, os.getloadavg()))
 
-    rows = report.rows(sizes, variants, cells, CHECKED)
+    rows = report.rows(sizes, variants, cells, CHECKED, ONCE)
     print()
     print(report.table(rows))
     meta = {

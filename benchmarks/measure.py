@@ -82,6 +82,9 @@ def _import_before_the_clock(variant: str) -> None:
         import pipelines.streaming_analytics  # noqa: F401
 
 
+# benchmarks/flink.py MEASURES (not imported here: it is only needed when one of them runs).
+FLINK_VARIANTS = ("flink", "flink_1m", "flink_p2", "prism_kafka", "flink_soak_kafka", "flink_soak_synthetic")
+
 WORKER_FLAGS = {
     "default": [],
     "1": ["--direct_num_workers=1"],
@@ -152,10 +155,10 @@ def measure(variant: str, path: str, workers: str = "1", dedup: bool = True, fas
     with tempfile.TemporaryDirectory(prefix="bench-") as work:
         if variant == "parse_validate":
             return _measure_parse_validate(path, fast_path)
-        if variant == "flink":
-            from benchmarks.flink import measure_flink
+        if variant in FLINK_VARIANTS:
+            from benchmarks.flink import MEASURES
 
-            return measure_flink(path)
+            return MEASURES[variant](path)
         job = {
             "plain": lambda: _plain(path, work),
             "beam": lambda: _beam(path, work, workers, dedup),
@@ -203,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     from transforms.fast_json import IMPLEMENTATIONS
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.measure")
-    parser.add_argument("variant", choices=["plain", "parse_validate", "beam", "direct_replay", "flink"])
+    parser.add_argument("variant", choices=["plain", "parse_validate", "beam", "direct_replay", *FLINK_VARIANTS])
     parser.add_argument("path")
     parser.add_argument("--workers", default="1", choices=sorted(WORKER_FLAGS))
     parser.add_argument("--no-dedup", dest="dedup", action="store_false", help="beam: without the dedup step")

@@ -9,6 +9,7 @@ functions, the same outputs as the Beam job, without Beam. Fixed and sliding win
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import orjson
@@ -32,6 +33,14 @@ _FINAL_PANE = PaneInfo(True, True, PaneInfoTiming.ON_TIME, 0, 0)
 
 def run_plain_loop(path: str, out_dir: str, config: AnalyticsConfig | None = None) -> dict[str, int]:
     """Runs the job on ``path``; writes ``aggregates.jsonl`` and ``dead_letter.jsonl`` to ``out_dir``; counters."""
+    batches = ((path, lines) for lines in read_line_range(path, 0, os.path.getsize(path)))
+    return run_plain_loop_on(batches, out_dir, config)
+
+
+def run_plain_loop_on(
+    batches: Iterable[tuple[str, list[bytes]]], out_dir: str, config: AnalyticsConfig | None = None
+) -> dict[str, int]:
+    """The same loop on batches of (source name, payloads) from anywhere (a file, a Kafka consumer)."""
     cfg = config or AnalyticsConfig()
     window_fn = cfg.window.window_fn()
     if window_fn.is_merging():
@@ -44,8 +53,8 @@ def run_plain_loop(path: str, out_dir: str, config: AnalyticsConfig | None = Non
     partials = bundle_partials(window_fn)
     held: list = []
     with open(Path(out_dir) / "dead_letter.jsonl", "wb") as dead:
-        for lines in read_line_range(path, 0, os.path.getsize(path)):
-            batch = RecordBatch(path, lines)
+        for source, lines in batches:
+            batch = RecordBatch(source, lines)
             parsed, rejected = parser.parse(batch)
             checked, invalid = parser.validate(parsed)
             written = [orjson.dumps(r) for r in dead_letters(batch, rejected, dl.STAGE_PARSE)]

@@ -10,7 +10,7 @@ START = "<!-- bench:results:start (written by `make bench`; edit outside these m
 END = "<!-- bench:results:end -->"
 _MB = 1 << 20
 # Variants that read an input of their own (a Kafka topic, a replayed stream): not plotted against the input size,
-# and their ratio to the plain loop is their own row's business.
+# and their ratio to the plain loop is their own row's business (``own_ratio``, a baseline of their own run, if any).
 _OWN_INPUT = ("flink", "direct_replay")
 
 
@@ -26,7 +26,13 @@ class Row:
     plotted: bool = True  # against input size (not the Flink row: its input is its own)
 
 
-def rows(sizes: list[int], variants: list[Any], cells: dict, checked: tuple[str, ...]) -> list[Row]:
+def rows(
+    sizes: list[int],
+    variants: list[Any],
+    cells: dict,
+    checked: tuple[str, ...],
+    own_input: tuple[str, ...] = _OWN_INPUT,
+) -> list[Row]:
     out = []
     for size in sizes:
         plain = cells.get((size, "plain"))
@@ -66,11 +72,16 @@ def rows(sizes: list[int], variants: list[Any], cells: dict, checked: tuple[str,
                     size,
                     variant.label,
                     rate,
-                    rate / baseline if rate and baseline and variant.name not in _OWN_INPUT else None,
+                    # Rows with their own input carry their own baseline (benchmarks/flink.py: own_ratio).
+                    cell.median("own_ratio")
+                    if variant.name in own_input
+                    else rate / baseline
+                    if rate and baseline
+                    else None,
                     rss / _MB if rss else None,
                     cell.median("cpu_seconds"),
                     "; ".join(notes),
-                    plotted=variant.name not in _OWN_INPUT,
+                    plotted=variant.name not in own_input,
                 )
             )
     return out

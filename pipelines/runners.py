@@ -17,6 +17,7 @@ import glob
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -92,6 +93,7 @@ class RunnerSpec:
     flink_job_server_jar: str | None = None
     prism_location: str | None = None
     environment_type: str | None = None
+    flink_version: str | None = None  # --flink_version as given (Beam's default names a Flink nothing here runs)
 
     @property
     def retries_with_stable_input(self) -> bool:
@@ -269,22 +271,45 @@ EMBEDDED_FLINK = ("[local]", "[auto]")
 
 def flink_overrides(runner: RunnerSpec) -> dict[str, Any]:
     """``--runner=FlinkRunner``: the cached job server jar unless ``--flink_job_server_jar`` is given (so Beam never
-    downloads one), and Python workers without Docker: LOOPBACK (in this process) on the embedded Flink
-    (``--flink_master=[local]``), a PROCESS environment (``pipelines/local_run/boot.py``, started by the TaskManager)
+    downloads one) with ``--flink_version`` naming the Flink it runs, and Python workers without Docker: LOOPBACK (in
+    this process) on the embedded Flink (``--flink_master=[local]``), a PROCESS environment
+    (``pipelines/local_run/boot.py``, started by the TaskManager, with the launching environment's emulator addresses)
     on a cluster. An explicit ``--environment_type`` wins. The Flink options (checkpointing, state backend, restarts)
     go to the job server with the types it expects (Beam Java's FlinkPipelineOptions: checkpointing_interval ->
     checkpointingInterval)."""
     from pipelines.local_run.boot import python_boot_command
-    from pipelines.local_run.jars import flink_job_server_jar
+    from pipelines.local_run.jars import FLINK_VERSION, flink_job_server_jar
 
     overrides: dict[str, Any] = dict(runner.flink)
-    overrides["flink_job_server_jar"] = runner.flink_job_server_jar or str(flink_job_server_jar())
+    if runner.flink_job_server_jar:
+        overrides["flink_job_server_jar"] = runner.flink_job_server_jar
+    else:
+        overrides["flink_job_server_jar"] = str(flink_job_server_jar())
+        # Beam only uses it to pick a jar to download; set, it names what runs (in the job's options and logs).
+        overrides["flink_version"] = FLINK_VERSION
     if runner.job_name:
         overrides["job_name"] = runner.job_name
     if not runner.environment_type and runner.flink_master.strip() not in EMBEDDED_FLINK:
         overrides["environment_type"] = "PROCESS"
-        overrides["environment_config"] = json.dumps({"command": str(python_boot_command())})
+        config: dict[str, Any] = {"command": str(python_boot_command())}
+        env = worker_emulator_env()
+        if env:
+            config["env"] = env
+        overrides["environment_config"] = json.dumps(config)
     return overrides
+
+
+# Google's client libraries find an emulator through <SERVICE>_EMULATOR_HOST (PUBSUB_EMULATOR_HOST, ...); this
+# project's BigQuery sink adds BIGQUERY_EMULATOR_GRPC_HOST / _PROJECT. Workers a TaskManager starts inherit the
+# TaskManager's environment, not the launching shell's, so a job that talks to emulators carries their addresses to its
+# workers in its PROCESS environment (ProcessPayload.env). Addresses only: credentials never travel this way.
+_EMULATOR_ENV = re.compile(r"[A-Z][A-Z0-9_]*_EMULATOR_(HOST|GRPC_HOST|PROJECT)")
+
+
+def worker_emulator_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The emulator addresses of ``environ`` (default: this process's) that Python workers on a cluster get."""
+    source = os.environ if environ is None else environ
+    return {name: value for name, value in sorted(source.items()) if _EMULATOR_ENV.fullmatch(name) and value}
 
 
 def on_flink_cluster(runner: RunnerSpec) -> bool:

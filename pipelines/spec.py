@@ -205,6 +205,9 @@ def resolve(argv: Sequence[str]) -> LaunchSpec:
         )
     _check_timestamp_source(_value(opts, "timestamp_source"), scheme_of(source))
     flink = _flink_settings(opts, requested)
+    flink_version = options.view_as(FlinkRunnerOptions).flink_version if _given(argv, "--flink_version") else None
+    if engine == runners.FLINK and flink_version is not None:
+        _check_flink_version(flink_version, options.view_as(FlinkRunnerOptions).flink_job_server_jar)
     checkpointing = [name for name in flink if name in FLINK_CHECKPOINTING]
     if checkpointing and not streaming:
         raise ConfigError(f"--{checkpointing[0]} applies to streaming jobs (a batch job on Flink reruns from start)")
@@ -226,6 +229,7 @@ def resolve(argv: Sequence[str]) -> LaunchSpec:
         flink_job_server_jar=options.view_as(FlinkRunnerOptions).flink_job_server_jar,
         prism_location=options.view_as(PrismRunnerOptions).prism_location,
         environment_type=options.view_as(PortableOptions).environment_type,
+        flink_version=flink_version,
         job_name=_job_name(options, engine),
     )
     kafka = None
@@ -363,6 +367,18 @@ def _check_timestamp_source(value: str, source_scheme: str) -> None:
     needs = {TIMESTAMP_PUBLISH_TIME: PUBSUB, TIMESTAMP_KAFKA: KAFKA}
     if value in needs and source_scheme != needs[value]:
         raise ConfigError(f"--timestamp_source={value} needs a {needs[value]}:// source")
+
+
+def _check_flink_version(given: str, job_server_jar: str | None) -> None:
+    """Beam's ``--flink_version`` only picks a job server to download; the one assembled here runs one Flink."""
+    from pipelines.local_run.jars import BEAM_FLINK_VERSION, FLINK_VERSION
+
+    if job_server_jar is None and given != FLINK_VERSION:
+        raise ConfigError(
+            f"--flink_version={given}: the job server this project assembles runs Flink {FLINK_VERSION} "
+            f"(Beam Java {BEAM_FLINK_VERSION}); for another Flink pass --flink_job_server_jar of a job server built "
+            "for it"
+        )
 
 
 def _flink_settings(opts: AnalyticsOptions, requested: str) -> dict[str, int | str]:

@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 import psutil
@@ -32,9 +32,41 @@ class ServiceError(RuntimeError):
 
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOCALHOST, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+# Ports handed out by this process: a server picked earlier may not listen yet (a JVM takes seconds), so its port still
+# looks free; `services up --dynamic-ports` picks for every service before any of them binds.
+_HANDED_OUT: set[int] = set()
+
+
+def free_ports(count: int, avoid: Collection[int] = ()) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that nothing listens on right now, none in ``avoid`` nor handed out
+    by an earlier call in this process.
+
+    All sockets stay bound until every port is picked: the kernel cannot hand the same ephemeral port out twice while
+    it is bound, which picking one port at a time (bind, close, bind again) does not guarantee (a Kafka broker then
+    got one port for two listeners and refused to start).
+    """
+    taken = set(avoid) | _HANDED_OUT
+    sockets: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.bind((LOCALHOST, 0))
+            port = int(sock.getsockname()[1])
+            if port not in taken:  # still bound, so never picked again by this loop
+                ports.append(port)
+                taken.add(port)
+            if len(sockets) > count + 1000:
+                raise ServiceError(f"could not find {count} free ports on {LOCALHOST}")
+    finally:
+        for sock in sockets:
+            sock.close()
+    _HANDED_OUT.update(ports)
+    return ports
 
 
 def port_open(port: int, host: str = LOCALHOST, timeout: float = 0.5) -> bool:

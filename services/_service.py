@@ -25,7 +25,7 @@ from services._process import (
     ServiceError,
     create_time,
     failure,
-    free_port,
+    free_ports,
     is_alive,
     port_open,
     spawn,
@@ -154,14 +154,22 @@ class LocalService(abc.ABC):
     def _log_or_none(self) -> Path | None:
         return self.log_path if self._work_dir is not None else None
 
+    def pick_ports(self) -> dict[str, int]:
+        """Fills in the ports not given: picked together, distinct from each other and from the given ones."""
+        missing = [name for name in self.port_names if name not in self._ports]
+        self._ports.update(zip(missing, free_ports(len(missing), avoid=self._ports.values()), strict=True))
+        ports = list(self._ports.values())
+        if len(set(ports)) != len(ports):
+            raise failure(self.name, f"two of its ports are the same: {self._ports}", None, None)
+        return self.ports
+
     def start(self) -> Self:
         """Install if needed, then launch the server; does not wait for it (see wait_healthy)."""
         if self.is_running():
             return self
         self.install()
         self._launched = time.monotonic()
-        for port_name in self.port_names:
-            self._ports.setdefault(port_name, free_port())
+        self.pick_ports()
         busy = {n: p for n, p in self._ports.items() if port_open(p)}
         if busy:
             raise failure(

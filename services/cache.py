@@ -258,8 +258,9 @@ def ensure_bigquery_venv() -> Path:
 
 # Flink: the distribution PyPI ships inside PyFlink. `apache-flink-libraries` holds the jars (lib/, opt/, plugins/),
 # `apache-flink` the scripts and default conf (bin/, conf/). The minor version is the one Beam's Flink runner here is
-# built for (pipelines/local_run/jars.py FLINK_JAVA: beam-runners-flink-1.16).
-FLINK_DIST_VERSION = "1.16.3"
+# built for (pipelines/local_run/jars.py FLINK_VERSION: beam-runners-flink-1.19); the patch release is that minor's
+# newest.
+FLINK_DIST_VERSION = "1.19.3"
 FLINK_HOME = CACHE_DIR / "flink" / FLINK_DIST_VERSION
 
 
@@ -281,8 +282,8 @@ def ensure_flink_distribution() -> Path:
             env=env,
             timeout=900,
         )
-        # PyFlink 1.16's C extensions do not build on Python >= 3.10 and only its scripts and conf are needed: the
-        # wheel for CPython 3.9 is unpacked (never imported); the platform tag only picks which wheel file.
+        # Only PyFlink's scripts and conf are needed, never its Python code: one fixed binary wheel (CPython 3.9, which
+        # every PyFlink release ships) is unpacked whatever this interpreter is; the platform tag only picks the file.
         run_step(
             "flink",
             [

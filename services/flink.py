@@ -1,9 +1,11 @@
-"""Apache Flink as a session cluster: one JobManager and one TaskManager process, from the PyPI distribution.
+"""Apache Flink as a session cluster: one JobManager and one or more TaskManager processes, from the PyPI distribution.
 
-The distribution (services/cache.py ``ensure_flink_distribution``) is Flink 1.16, the version Beam's Flink runner here
-is built for (pipelines/local_run/jars.py). Both processes run in the foreground (``jobmanager.sh start-foreground``,
-``taskmanager.sh start-foreground``) under one small bash supervisor: one process group to stop, and when either
-process dies the supervisor ends the other, so a half-dead cluster never passes for a running one.
+The distribution (services/cache.py ``ensure_flink_distribution``) is Flink 1.19, the version Beam's Flink runner here
+is built for (pipelines/local_run/jars.py). Every process runs in the foreground (``jobmanager.sh start-foreground``,
+``taskmanager.sh start-foreground``) under one small bash supervisor: one process group to stop, and when any process
+dies the supervisor ends the others, so a half-dead cluster never passes for a running one.
+
+The TaskManagers' memory is sized on purpose (``TaskManagerMemory``; the reasoning is in docs/runners-flink.md).
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import os
 import shutil
 import urllib.request
 from collections.abc import Collection
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
+
+import yaml
 
 from pipelines.local_run.jars import JAVA_17_EXPORTS, JAVA_17_OPENS
 from services import cache
@@ -23,15 +28,51 @@ from services._service import LocalService
 if TYPE_CHECKING:
     from pathlib import Path
 
-# The JVM flags for Flink 1.16 on Java 17 (pipelines/local_run/jars.py keeps the one list).
-_JAVA_17_OPTS = " ".join(
-    [
-        "-XX:+IgnoreUnrecognizedVMOptions",
-        *(f"--add-exports={export}=ALL-UNNAMED" for export in JAVA_17_EXPORTS),
-        *(f"--add-opens={package}=ALL-UNNAMED" for package in JAVA_17_OPENS),
-    ]
-)
 
+def _java_17_opts() -> str:
+    """The JVM flags Flink needs on Java 17: the list the distribution's own default configuration carries
+    (``env.java.opts.all``), or the project's list (pipelines/local_run/jars.py) if a distribution ships none."""
+    try:
+        shipped = yaml.safe_load((cache.FLINK_HOME / "conf" / "config.yaml").read_text())["env"]["java"]["opts"]["all"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        shipped = " ".join(
+            [
+                *(f"--add-exports={export}=ALL-UNNAMED" for export in JAVA_17_EXPORTS),
+                *(f"--add-opens={package}=ALL-UNNAMED" for package in JAVA_17_OPENS),
+            ]
+        )
+    return f"-XX:+IgnoreUnrecognizedVMOptions {shipped}"
+
+
+@dataclass(frozen=True)
+class TaskManagerMemory:
+    """One TaskManager's memory, component by component in Flink's memory model (sizes as Flink writes them, e.g.
+    ``"256m"``). The task heap is not given: it is what the process size leaves. docs/runners-flink.md explains the
+    numbers; the defaults are what a catch-up of 1M records with max-size (1 MiB) ones needs on this project's job."""
+
+    process: str = "2560m"
+    managed: str = "256m"  # RocksDB's block cache and write buffers (--state_backend=rocksdb); nothing else uses it
+    network: str = "128m"  # Flink's shuffle buffers between operators and TaskManagers
+    task_off_heap: str = "256m"  # direct memory of the job's own code: Kafka consumer reads, Beam's gRPC data plane
+    framework_off_heap: str = "128m"
+    metaspace: str = "256m"
+    overhead: str = "256m"  # thread stacks, code cache, GC structures, RocksDB's own native allocations
+
+    def settings(self) -> dict[str, str]:
+        return {
+            "taskmanager.memory.process.size": self.process,
+            "taskmanager.memory.managed.size": self.managed,
+            "taskmanager.memory.network.min": self.network,
+            "taskmanager.memory.network.max": self.network,
+            "taskmanager.memory.task.off-heap.size": self.task_off_heap,
+            "taskmanager.memory.framework.off-heap.size": self.framework_off_heap,
+            "taskmanager.memory.jvm-metaspace.size": self.metaspace,
+            "taskmanager.memory.jvm-overhead.min": self.overhead,
+            "taskmanager.memory.jvm-overhead.max": self.overhead,
+        }
+
+
+# Flink 1.19 reads conf/config.yaml (standard YAML; flat keys as here are valid in it).
 _FLINK_CONF = """\
 jobmanager.rpc.address: {host}
 jobmanager.rpc.port: {rpc}
@@ -39,8 +80,8 @@ jobmanager.bind-host: {host}
 jobmanager.memory.process.size: {jobmanager_memory}
 taskmanager.host: {host}
 taskmanager.bind-host: {host}
-taskmanager.memory.process.size: {taskmanager_memory}
 taskmanager.numberOfTaskSlots: {slots}
+{taskmanager_memory}
 parallelism.default: 1
 jobmanager.execution.failover-strategy: region
 rest.address: {host}
@@ -51,17 +92,18 @@ blob.storage.directory: {work}/blobs
 web.tmpdir: {work}/web
 state.checkpoints.dir: file://{work}/checkpoints
 state.savepoints.dir: file://{work}/savepoints
-env.java.opts: {java_opts}
+env.java.opts.all: {java_opts}
 # Beam's job jar keeps its classloader referenced from SDK harness threads after a job ends; Flink's leak check would
 # fail the next job's class loading with "Trying to access closed classloader".
 classloader.check-leaked-classloader: false
 """
 
-# Exits (and takes the other process with it) as soon as either Flink process ends.
+# Exits (and takes the others with it) as soon as any Flink process ends. taskmanager.sh numbers each TaskManager's
+# log file (…-taskexecutor-0-…, -1-, ...).
 _SUPERVISOR = """\
 trap 'kill 0' EXIT
 "$FLINK_HOME/bin/jobmanager.sh" start-foreground &
-"$FLINK_HOME/bin/taskmanager.sh" start-foreground &
+for _ in $(seq "$TASKMANAGERS"); do "$FLINK_HOME/bin/taskmanager.sh" start-foreground & done
 wait -n
 """
 
@@ -81,20 +123,27 @@ class FlinkCluster(LocalService):
         ports: dict[str, int] | None = None,
         work_dir: Path | None = None,
         die_with_parent: bool = True,
+        taskmanagers: int = 1,
         slots: int = 2,
         jobmanager_memory: str = "1024m",
-        taskmanager_memory: str = "1536m",
+        taskmanager_memory: dict[str, str] | TaskManagerMemory | None = None,
     ) -> None:
         super().__init__(ports=ports, work_dir=work_dir, die_with_parent=die_with_parent)
+        if taskmanagers < 1 or slots < 1:
+            raise ValueError(f"a cluster needs at least one TaskManager and one slot, got {taskmanagers}, {slots}")
+        self.taskmanagers = taskmanagers
         self.slots = slots
         self.jobmanager_memory = jobmanager_memory
-        self.taskmanager_memory = taskmanager_memory
+        if isinstance(taskmanager_memory, dict):  # from the state file
+            taskmanager_memory = TaskManagerMemory(**taskmanager_memory)
+        self.taskmanager_memory = taskmanager_memory or TaskManagerMemory()
 
     def options(self) -> dict[str, Any]:
         return {
+            "taskmanagers": self.taskmanagers,
             "slots": self.slots,
             "jobmanager_memory": self.jobmanager_memory,
-            "taskmanager_memory": self.taskmanager_memory,
+            "taskmanager_memory": asdict(self.taskmanager_memory),
         }
 
     def install(self) -> None:
@@ -113,7 +162,8 @@ class FlinkCluster(LocalService):
         conf.mkdir(parents=True, exist_ok=True)
         for name in ("tmp", "blobs", "web", "log"):
             (self.work_dir / name).mkdir(exist_ok=True)
-        (conf / "flink-conf.yaml").write_text(
+        memory = "\n".join(f"{key}: {value}" for key, value in self.taskmanager_memory.settings().items())
+        (conf / "config.yaml").write_text(
             _FLINK_CONF.format(
                 host=LOCALHOST,
                 rpc=self._ports["rpc"],
@@ -121,8 +171,8 @@ class FlinkCluster(LocalService):
                 work=self.work_dir,
                 slots=self.slots,
                 jobmanager_memory=self.jobmanager_memory,
-                taskmanager_memory=self.taskmanager_memory,
-                java_opts=_JAVA_17_OPTS,
+                taskmanager_memory=memory,
+                java_opts=_java_17_opts(),
             )
         )
         # The foreground scripts log through log4j-console.properties: to stdout, i.e. this service's log file.
@@ -136,6 +186,7 @@ class FlinkCluster(LocalService):
             FLINK_LOG_DIR=str(self.work_dir / "log"),
             # The scripts keep pid files (default /tmp): a private dir keeps clusters apart.
             FLINK_PID_DIR=str(self.work_dir),
+            TASKMANAGERS=str(self.taskmanagers),
         )
         return env
 
@@ -154,8 +205,8 @@ class FlinkCluster(LocalService):
         if not port_open(self._ports["rest"]):
             raise ConnectionError(f"nothing listens on {self.rest_url} yet")
         overview = self.overview()
-        if overview.get("taskmanagers", 0) < 1:
-            raise RuntimeError("no TaskManager registered yet")
+        if overview.get("taskmanagers", 0) < self.taskmanagers:
+            raise RuntimeError(f"{overview.get('taskmanagers', 0)} of {self.taskmanagers} TaskManagers registered")
         if overview.get("slots-available", 0) < 1:
             raise RuntimeError(f"no free task slot ({overview.get('slots-total')} in total)")
 

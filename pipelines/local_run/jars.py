@@ -17,14 +17,16 @@ Two sets, because the registry reachable here serves only some Beam Java release
 
 - ``KAFKA_JAVA`` (``.cache/beam-java``, Beam Java **2.73.0**, the newest whose modules all resolve; no 2.77.0
   artifact is served): the Kafka expansion service and Java worker for Prism.
-- ``FLINK_JAVA`` (``.cache/beam-flink``, Beam Java **2.56.0** with Flink **1.16**): no ``beam-runners-flink-*``
-  job-server jar is served at any version, and the plain runner module is served only for Flink 1.16 (2.50, 2.56,
-  2.59 tried). Its ``FlinkJobServerDriver`` is the job server; the same classpath is the Kafka expansion service and
-  the Java worker of Flink pipelines. KafkaIO runs there as a runner-native read (``use_deprecated_read``: Flink
+- ``FLINK_JAVA`` (``.cache/beam-flink``, Beam Java **2.62.0** with Flink **1.19**): no ``beam-runners-flink-*``
+  job-server jar is served at any version; of the plain runner modules, ``beam-runners-flink-1.19:2.62.0`` with
+  ``beam-runners-java-job-service:2.62.0`` is the newest pair served (``beam-runners-flink-1.20`` and ``-2.0`` are not
+  served at 2.61-2.72, ``-1.19`` not at 2.63-2.72, and the job service only at 2.62 and 2.65 of those). Its
+  ``FlinkJobServerDriver`` is the job server; the same classpath is the Kafka expansion service and the Java worker
+  of Flink pipelines. KafkaIO runs there as a runner-native read (``use_deprecated_read``: Flink
   checkpoints the reader's offsets), and that needs the expansion service at the runner's own Beam version (the
   source is Java-serialized into the pipeline and deserialized by the runner).
 
-The expansion protocol and the Fn API are stable across these versions: a 2.73 (Prism) or 2.56 (Flink) Java side next
+The expansion protocol and the Fn API are stable across these versions: a 2.73 (Prism) or 2.62 (Flink) Java side next
 to the 2.77 Python SDK is what this module sets up, and the integration tests prove both.
 """
 
@@ -49,19 +51,23 @@ MAVEN_REPO = CACHE_DIR / "m2"
 
 # The newest Beam Java release whose modules the reachable Maven Central serves with all their dependencies.
 BEAM_JAVA_VERSION = "2.73.0"
-# The Beam release of the Flink runner (beam-runners-flink-1.16), and the Flink it is built for.
-BEAM_FLINK_VERSION = "2.56.0"
-FLINK_VERSION = "1.16"
+# The Beam release of the Flink runner (beam-runners-flink-1.19), and the Flink minor it is built for: what
+# `--flink_version` names and what the session cluster (services/cache.py) runs.
+BEAM_FLINK_VERSION = "2.62.0"
+FLINK_VERSION = "1.19"
+# The Flink release the runner module depends on (its pom): the embedded Flink of `--flink_master=[local]`.
+FLINK_RUNTIME_VERSION = "1.19.0"
 KAFKA_CLIENTS_VERSION = "3.9.1"
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 SHADE_PLUGIN_VERSION = "3.6.0"
+COMPILER_PLUGIN_VERSION = "3.13.0"
 EXPANSION_MAIN = "org.apache.beam.sdk.expansion.service.ExpansionService"
 FLINK_JOB_SERVER_MAIN = "org.apache.beam.runners.flink.FlinkJobServerDriver"
 EXPANSION_JAR = "expansion-service.jar"
 FLINK_JOB_SERVER_JAR = "flink-job-server.jar"
-# Flink 1.16 predates Java 17 support: its RPC, Kryo serializers and closure cleaner reach into JDK internals, which
-# Java 17 allows only for opened/exported packages (the list Flink 1.18 ships for Java 17). A manifest's Add-Opens and
-# Add-Exports apply to `java -jar`, so the job server needs no JVM flags; services/flink.py gives the cluster the same.
+# Flink's RPC, Kryo serializers and closure cleaner reach into JDK internals, which Java 17 allows only for
+# opened/exported packages (Flink's own configuration lists them for Java 17, env.java.opts.all). A manifest's
+# Add-Opens and Add-Exports apply to `java -jar`, so the embedded Flink of the job server needs no JVM flags.
 JAVA_17_OPENS = tuple(
     f"java.base/{package}"
     for package in (
@@ -110,6 +116,9 @@ class JavaSet:
     # (jar file name, Main-Class): the whole classpath as one self-contained jar, built by maven-shade-plugin next to
     # lib/ (not in it: the Java worker's classpath is lib/*).
     shaded: tuple[str, str] | None = None
+    # Java sources compiled into the shaded jar, where their classes take the place of the dependencies' classes of
+    # the same name (patched copies of upstream classes, each saying what it changes and why).
+    patches: Path | None = None
 
     @property
     def directory(self) -> Path:
@@ -147,10 +156,22 @@ class JavaSet:
         if self.shaded is None:
             return ""
         jar, main = self.shaded
+        sources = ""
+        if self.patches is not None:
+            # The project's own classes go into the shaded jar first, so they win over a dependency's copy.
+            sources = f"""\
+    <sourceDirectory>{self.patches}</sourceDirectory>
+"""
         return f"""\
   <build>
     <finalName>{jar.removesuffix(".jar")}</finalName>
-    <plugins>
+{sources}    <plugins>
+      <plugin>
+        <groupId>org.apache.maven.plugins</groupId>
+        <artifactId>maven-compiler-plugin</artifactId>
+        <version>{COMPILER_PLUGIN_VERSION}</version>
+        <configuration><release>11</release></configuration>
+      </plugin>
       <plugin>
         <groupId>org.apache.maven.plugins</groupId>
         <artifactId>maven-shade-plugin</artifactId>
@@ -238,8 +259,9 @@ FLINK_JAVA = JavaSet(
         f"org.apache.beam:beam-sdks-java-expansion-service:{BEAM_FLINK_VERSION}",
         f"org.apache.beam:beam-sdks-java-harness:{BEAM_FLINK_VERSION}",
         f"org.apache.beam:beam-sdks-java-io-kafka:{BEAM_FLINK_VERSION}",
-        # --state_backend=rocksdb on the embedded Flink ([local]); a Flink distribution has it in flink-dist.
-        "org.apache.flink:flink-statebackend-rocksdb:1.16.0",
+        # --state_backend=rocksdb on the embedded Flink ([local]); a Flink distribution has it in flink-dist. The
+        # runner declares it `provided`, at the Flink version it is compiled against.
+        f"org.apache.flink:flink-statebackend-rocksdb:{FLINK_RUNTIME_VERSION}",
         *_COMMON,
         # The slf4j 1.7 binding matching the runner's slf4j-api (without one, the job server logs nothing).
         "org.slf4j:slf4j-simple:1.7.30",
@@ -250,6 +272,8 @@ FLINK_JAVA = JavaSet(
     # A real jar, not a manifest launcher: a job submitted to a cluster uploads the job server's classpath, and one
     # file instead of ~190 takes that from ~20 s to ~7 s here. Beam's own job-server jar is built the same way.
     shaded=(FLINK_JOB_SERVER_JAR, FLINK_JOB_SERVER_MAIN),
+    # The runner's fix for Python unbounded sources (splittable DoFns that self-checkpoint): see the file.
+    patches=REPO_ROOT / "pipelines" / "local_run" / "java" / "beam-flink-patches" / "src" / "main" / "java",
 )
 
 JAVA_SETS = {java.name: java for java in (KAFKA_JAVA, FLINK_JAVA)}
@@ -269,6 +293,8 @@ def java_set(name: str) -> JavaSet:
 def _fingerprint(java: JavaSet) -> str:
     jdk = " ".join(JAVA_17_OPENS + JAVA_17_EXPORTS)
     text = java.pom() + java.boot_script() + json.dumps(dict(java.launchers)) + jdk
+    if java.patches is not None:
+        text += "".join(path.read_text() for path in sorted(java.patches.rglob("*.java")))
     return hashlib.sha256((text + str(REPO_ROOT)).encode()).hexdigest()
 
 

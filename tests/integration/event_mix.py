@@ -88,10 +88,16 @@ def expected_finals(window_a: int) -> dict[tuple, tuple]:
 
 
 def produce(
-    bootstrap: str, topic: str, payloads: list[bytes], partitions: int = 1, timestamps_ms: list[int] | None = None
+    bootstrap: str,
+    topic: str,
+    payloads: list[bytes],
+    partitions: int = 1,
+    timestamps_ms: list[int] | None = None,
+    max_message_bytes: int | None = None,
 ) -> dict[bytes, tuple[int, int]]:
     """Produces in order (round-robin over ``partitions``; record timestamps ``timestamps_ms`` if given, else the
-    producer's clock); returns payload -> (partition, offset) of its (last) delivery."""
+    producer's clock; records up to ``max_message_bytes`` if given, else librdkafka's 1 MB); returns payload ->
+    (partition, offset) of its (last) delivery."""
     from confluent_kafka import Producer
 
     delivered: dict[bytes, tuple[int, int]] = {}
@@ -100,7 +106,10 @@ def produce(
         assert err is None, err
         delivered[msg.value()] = (msg.partition(), msg.offset())
 
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    config = {"bootstrap.servers": bootstrap, "enable.idempotence": True}
+    if max_message_bytes:
+        config["message.max.bytes"] = max_message_bytes
+    producer = Producer(config)
     for index, payload in enumerate(payloads):
         producer.produce(
             topic,
@@ -110,5 +119,5 @@ def produce(
             timestamp=timestamps_ms[index] if timestamps_ms else 0,  # 0: the producer's clock
             on_delivery=on_delivery,
         )
-    assert producer.flush(30) == 0
+    assert producer.flush(120) == 0
     return delivered

@@ -1,11 +1,11 @@
 """Kafka (a real broker) -> the main job on a real Flink session cluster (streaming) -> the BigQuery emulator.
 
-The cluster is Flink 1.16 from PyPI (services/flink.py): a JobManager and a TaskManager process. The pipeline is
+The cluster is Flink 1.19 from PyPI (services/flink.py): a JobManager and a TaskManager process. The pipeline is
 submitted through Beam's Flink job server (pipelines/local_run/jars.py) with no Flink-specific flag besides
-``--flink_master``;
-the TaskManager reads Kafka itself (runner-native KafkaIO) and starts the Python and Java SDK workers as processes
-(pipelines/local_run/boot.py). Both tables must hold exactly the expected final aggregates and dead letters, and the
-checkpointing and state backend options must have reached Flink (its REST API reports them, and checkpoints complete).
+``--flink_master``; the TaskManager reads Kafka itself (runner-native KafkaIO) and starts the Python and Java SDK
+workers as processes (pipelines/local_run/boot.py). Both tables must hold exactly the expected final aggregates and
+dead letters, and the checkpointing and state backend options must have reached Flink (its REST API reports them, and
+checkpoints complete).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def test_kafka_to_bigquery_on_a_flink_session_cluster(
         result.cancel()
     assert len(running) == 1  # the job ran on the cluster, not on an embedded Flink
     assert (checkpoint_config["interval"], checkpoint_config["mode"]) == (1000, "at_least_once")
-    assert checkpoint_config["state_backend"] == "RocksDBStateBackend"  # what Beam 2.56 sets for rocksdb
+    assert checkpoint_config["state_backend"] == "RocksDBStateBackend"  # what Beam 2.62 sets for rocksdb
     assert completed >= 1 and any((tmp_path / "checkpoints").iterdir())
     assert finals == expected_finals(window_a)
     assert {base64.b64decode(row["payload"]): row["error_code"] for row in dead} == bad

@@ -70,3 +70,54 @@ def test_other_runners_are_left_alone():
 def test_every_spelling_beam_accepts_gets_the_cached_job_server(name):
     options = _beam_options(f"--runner={name}", "--flink_master=[local]")
     assert options.view_as(FlinkRunnerOptions).flink_job_server_jar == JAR
+
+
+def test_flink_version_names_the_flink_the_cached_job_server_runs():
+    from services.cache import FLINK_DIST_VERSION
+
+    assert _filled("--flink_master=[local]").view_as(FlinkRunnerOptions).flink_version == jars.FLINK_VERSION
+    assert _filled(f"--flink_version={jars.FLINK_VERSION}").view_as(FlinkRunnerOptions).flink_version == "1.19"
+    # The session cluster runs the same minor release.
+    assert FLINK_DIST_VERSION.rsplit(".", 1)[0] == jars.FLINK_VERSION
+
+
+@pytest.mark.parametrize("version", ["1.20", "2.2"])  # 2.2 is Beam's default: given explicitly it is still refused
+def test_another_flink_version_needs_its_own_job_server(version):
+    from pipelines.options import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"^--flink_version={version}: .*runs Flink 1\.19"):
+        _filled(f"--flink_version={version}")
+    options = _filled(f"--flink_version={version}", "--flink_job_server_jar=/opt/job-server.jar")
+    assert options.view_as(FlinkRunnerOptions).flink_version == version
+
+
+def test_cluster_workers_get_the_launching_environments_emulator_addresses(monkeypatch):
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085")
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", "http://127.0.0.1:9050")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/secret/key.json")  # never forwarded
+    config = json.loads(_filled("--flink_master=127.0.0.1:8081").view_as(PortableOptions).environment_config)
+    assert config["env"] == {
+        "BIGQUERY_EMULATOR_HOST": "http://127.0.0.1:9050",
+        "PUBSUB_EMULATOR_HOST": "127.0.0.1:8085",
+    }
+
+
+def test_emulator_env_takes_only_emulator_addresses():
+    from pipelines.runners import worker_emulator_env
+
+    environ = {
+        "PUBSUB_EMULATOR_HOST": "h:1",
+        "BIGQUERY_EMULATOR_GRPC_HOST": "h:2",
+        "BIGQUERY_EMULATOR_PROJECT": "p",
+        "STORAGE_EMULATOR_HOST": "http://h:3",
+        "PUBSUB_EMULATOR_HOST_X": "no",
+        "EMULATOR_HOST": "no",
+        "SPANNER_EMULATOR_HOST": "",
+        "HOME": "/root",
+    }
+    assert worker_emulator_env(environ) == {
+        "BIGQUERY_EMULATOR_GRPC_HOST": "h:2",
+        "BIGQUERY_EMULATOR_PROJECT": "p",
+        "PUBSUB_EMULATOR_HOST": "h:1",
+        "STORAGE_EMULATOR_HOST": "http://h:3",
+    }

@@ -33,10 +33,11 @@ _HOST = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])"  # DNS name, IPv4, or
 _SERVER = re.compile(rf"(?P<host>{_HOST}):(?P<port>[0-9]{{1,5}})")
 
 
-# The read configuration ``ReadFromKafka`` would send, cut to the fields every Java KafkaIO since 2.5x knows: Beam 2.77
-# adds fields (redistribute, allow_duplicates, ...) that an older expansion service refuses ("missing a setter"), and
-# the Flink runner here is Beam Java 2.56 (pipelines/local_run/jars.py). Newer Java sides take absent fields as their
-# defaults.
+# The read configuration ``ReadFromKafka`` would send, cut to the fields both Java sides here know
+# (pipelines/local_run/jars.py: Beam Java 2.62 for Flink, 2.73 for Prism). An expansion service refuses a field it has
+# no setter for ("missing a setter"); Beam 2.77 also sends dynamic_read_poll_interval_seconds and
+# consumer_factory_fn_class/_params, which 2.62 lacks (its KafkaIO.External.Configuration ends at allowDuplicates).
+# Absent fields take the Java side's defaults.
 _READ_CONFIG_FIELDS = (
     "consumer_config",
     "topics",
@@ -48,6 +49,9 @@ _READ_CONFIG_FIELDS = (
     "commit_offset_in_finalize",
     "timestamp_policy",
     "consumer_polling_timeout",
+    "redistribute",
+    "redistribute_num_keys",
+    "allow_duplicates",
 )
 _READ_CONFIG = NamedTuple(  # noqa: UP014 - the fields are taken from Beam's own schema
     "ReadFromKafkaSchema", [(name, ReadFromKafkaSchema.__annotations__[name]) for name in _READ_CONFIG_FIELDS]
@@ -75,6 +79,10 @@ class KafkaSettings(NamedTuple):
     start_offset: str = DEFAULT_START_OFFSET
     expansion_service: Any = None
     client_properties: tuple[tuple[str, str], ...] = ()
+    # Spread the records read over all workers (KafkaIO's withRedistribute: a Redistribute after the read) when the
+    # job's parallelism exceeds the topic's partitions; 0 keys = Beam's default sharding.
+    redistribute: bool = False
+    redistribute_num_keys: int = 0
 
 
 def parse_kafka_uri(uri: str) -> KafkaTopic:
@@ -98,6 +106,22 @@ def parse_kafka_uri(uri: str) -> KafkaTopic:
         )
     return KafkaTopic(tuple(servers), topic)
 
+
+# The consumer's fetch sizes, chosen for the runner's memory rather than left at Kafka's defaults (see
+# docs/runners-flink.md, "Sizing"). All three are soft limits: a record larger than a fetch limit still comes, alone
+# in its fetch, so a record of --max_payload_bytes (1 MiB by default) or more is read (and dead-lettered if too large)
+# whatever they say. A reader buffers about two fetches (one being parsed, one in flight) on the heap, plus the same
+# again as the JVM's temporary direct buffer for the socket read, so fetch.max.bytes bounds a reader's memory.
+FETCH_CONFIG = {
+    # Per partition and fetch: one max-size record (1 MiB) with its batch framing, or ~5,000 ordinary ones.
+    "max.partition.fetch.bytes": str(1 << 20),
+    # Per fetch over all of a reader's partitions (Kafka's default is 50 MiB): with 8 MiB a reader holds ~32 MiB at
+    # most (heap and direct), and still reads 8 partitions' full share per round trip.
+    "fetch.max.bytes": str(8 << 20),
+    # Records handed over per poll (Kafka's default): a poll never holds more than the fetches above anyway; more
+    # would only make each hand-over larger, fewer would add polls.
+    "max.poll.records": "500",
+}
 
 _CONSUMER_GROUP = re.compile(r"[a-zA-Z0-9._-]{1,255}")
 
@@ -158,6 +182,7 @@ class ReadKafkaRecords(beam.PTransform):
         ref, settings = self._ref, self._settings
         config = {
             "consumer_config": {
+                **FETCH_CONFIG,
                 **dict(settings.client_properties),
                 "bootstrap.servers": ref.bootstrap_servers,
                 "group.id": settings.consumer_group,
@@ -177,6 +202,13 @@ class ReadKafkaRecords(beam.PTransform):
             # configured so): the arrival time the too-late filter judges by, the same on every runner.
             "timestamp_policy": ReadFromKafka.create_time_policy,
             "consumer_polling_timeout": 2,
+            "redistribute": settings.redistribute,
+            # Always sent: Beam Java 2.62 fails the expansion ("Missing required properties: redistributeNumKeys")
+            # when redistribute is given without it.
+            "redistribute_num_keys": settings.redistribute_num_keys,
+            # Redistributed records keep exactly-once (Beam's default); duplicates would break nothing (dedup by
+            # event_id) but the counters would count them.
+            "allow_duplicates": False,
         }
         read = ExternalTransform(
             ReadFromKafka.URN_WITH_METADATA,
