@@ -409,8 +409,13 @@ def analytics_config(options: PipelineOptions) -> AnalyticsConfig:
     if scheme_of(opts.source) == PUBSUB and not reads_pubsub(options):
         runner = options.view_as(StandardOptions).runner
         raise ConfigError(
-            f"--source: pubsub:// sources run on the direct runner and Dataflow, not on {runner}: Beam's Pub/Sub read "
-            "is a Dataflow-native transform (beam:transform:pubsub_read:v1) that other runners do not implement"
+            f"--source: pubsub:// sources run on the direct runner, Prism, Flink and Dataflow, not on {runner}"
+        )
+    flink_checkpoints = "checkpointing_interval" in flink_settings(options)
+    if scheme_of(opts.source) == PUBSUB and is_flink(options) and not flink_checkpoints:
+        raise ConfigError(
+            "--checkpointing_interval: a pubsub:// source on Flink acknowledges messages when a checkpoint completes; "
+            "give --checkpointing_interval (milliseconds, e.g. 10000)"
         )
     if is_replay(opts.source) or is_unbounded(opts.source):
         streaming = True  # a replay is a stream on a simulated clock; a broker never ends

@@ -60,14 +60,14 @@ def retries_with_stable_input(options: PipelineOptions) -> bool:
     return options.view_as(StandardOptions).runner in STABLE_RETRY_RUNNERS
 
 
-# Runners that can read Pub/Sub from Python: ReadFromPubSub expands to beam:transform:pubsub_read:v1, which only
-# Dataflow implements; the direct runner substitutes its own reader. Prism refuses it ("unimplemented features",
-# seen), Flink does not know the URN.
-PUBSUB_READ_RUNNERS = (*DIRECT_NAMES, "BundleBasedDirectRunner", "DataflowRunner", "TestDataflowRunner")
+# Runners that can read Pub/Sub from Python: Dataflow and the direct runner with Beam's ReadFromPubSub, Prism and Flink
+# with the project's pull source (transforms/io/pubsub_pull.py: a splittable DoFn acknowledging through bundle
+# finalization). Others are refused: whether they finalize bundles is unknown.
+PUBSUB_READ_RUNNERS = (*DIRECT_NAMES, "BundleBasedDirectRunner", "DataflowRunner", "TestDataflowRunner", "PrismRunner")
 
 
 def reads_pubsub(options: PipelineOptions) -> bool:
-    return options.view_as(StandardOptions).runner in PUBSUB_READ_RUNNERS
+    return options.view_as(StandardOptions).runner in PUBSUB_READ_RUNNERS or is_flink(options)
 
 
 # Bounded input at least this large runs on every core when --direct_num_workers is not given: starting worker

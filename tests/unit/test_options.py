@@ -56,8 +56,8 @@ BAD = [
     (["--source=synthetic://?start=yesterday"], "--source"),
     (["--source=synthetic://?events"], "--source"),
     (["--source=pubsub://projects/x"], "--source"),
-    (["--source=pubsub://projects/my-project/subscriptions/events", "--runner=PrismRunner"], "--source"),
-    (["--source=pubsub://projects/my-project/topics/events", "--runner=FlinkRunner"], "--source"),
+    (["--source=pubsub://projects/my-project/subscriptions/events", "--runner=SparkRunner"], "--source"),
+    (["--source=pubsub://projects/my-project/topics/events", "--runner=FlinkRunner"], "--checkpointing_interval"),
     (["--source=kafka://127.0.0.1:9092/events"], "--source"),  # Java KafkaIO: not on the direct runner
     (["--dead_letter_sink=kafka://127.0.0.1:9092/dlq"], "--dead_letter_sink"),
     (["--source=synthetic://?events=5&mode=replay", "--runner=PrismRunner"], "--source"),  # TestStream: direct only
