@@ -14,7 +14,7 @@ import time
 import pytest
 from google.api_core.exceptions import ServiceUnavailable
 
-from transforms.io.pubsub_leases import ACK_IDS_PER_CALL, Leases, ThrottledLog
+from transforms.io.pubsub_leases import ACK_IDS_PER_CALL, ORPHANED_AFTER, Leases, ThrottledLog
 
 
 class Recorder:
@@ -84,12 +84,12 @@ def test_a_mark_is_acknowledged_only_once_a_later_mark_is_confirmed(made):
     client = Recorder()
     leases = made(client)
     leases.hold(1, ["a", "b"], 100, time.monotonic())
-    first = leases.cut(1)
+    first = leases.cut(1, 0)
     leases.confirm(first)
     time.sleep(0.2)
     assert client.acked == set()  # confirmed once: the runner may have committed less than this bundle
     assert leases.count() == 2
-    leases.confirm(leases.cut(1))  # an empty bundle, ended after the first confirmation
+    leases.confirm(leases.cut(1, 0))  # an empty bundle, ended after the first confirmation
     assert eventually(lambda: client.acked == {"a", "b"})
     assert eventually(lambda: leases.count() == 0)
 
@@ -101,13 +101,13 @@ def test_marks_confirmed_together_wait_for_a_mark_cut_after_them(made):
     marks = []
     for owner, ids in ((1, ["a"]), (2, ["b"]), (3, ["c"])):
         leases.hold(owner, ids, 100, time.monotonic())
-        marks.append(leases.cut(owner))
+        marks.append(leases.cut(owner, 0))
     for mark in marks:
         leases.confirm(mark)
     time.sleep(0.2)
     assert client.acked == set()
     leases.hold(1, ["d"], 100, time.monotonic())
-    later = leases.cut(1)  # ended after the burst
+    later = leases.cut(1, 0)  # ended after the burst
     leases.confirm(later)  # the next checkpoint
     assert eventually(lambda: client.acked == {"a", "b", "c"})
     time.sleep(0.2)
@@ -118,8 +118,8 @@ def test_a_mark_cut_before_a_confirmation_does_not_acknowledge_it(made):
     client = Recorder()
     leases = made(client)
     leases.hold(1, ["a"], 100, time.monotonic())
-    first = leases.cut(1)
-    early = leases.cut(2)  # ended before `first` was confirmed
+    first = leases.cut(1, 0)
+    early = leases.cut(2, 0)  # ended before `first` was confirmed
     leases.confirm(first)
     leases.confirm(early)
     time.sleep(0.2)
@@ -130,16 +130,16 @@ def test_a_torn_down_owner_has_everything_it_holds_redelivered(made):
     client = Recorder()
     leases = made(client)
     leases.hold(1, ["a"], 100, time.monotonic())
-    confirmed_once = leases.cut(1)
+    confirmed_once = leases.cut(1, 0)
     leases.confirm(confirmed_once)
     leases.hold(1, ["b"], 100, time.monotonic())
-    unconfirmed = leases.cut(1)
+    unconfirmed = leases.cut(1, 0)
     leases.hold(1, ["c"], 100, time.monotonic())  # its current bundle
     leases.hold(2, ["z"], 100, time.monotonic())  # another owner's
     leases.release(1)
     assert eventually(lambda: client.nacked == {"a", "b", "c"})
     leases.confirm(unconfirmed)  # a finalization arriving late changes nothing
-    leases.confirm(leases.cut(3))
+    leases.confirm(leases.cut(3, 0))
     time.sleep(0.2)
     assert client.acked == set() and leases.count() == 1  # owner 2's message is still held
 
@@ -148,12 +148,12 @@ def test_a_failed_bundle_redelivers_only_what_it_emitted(made):
     client = Recorder()
     leases = made(client)
     leases.hold(1, ["a"], 100, time.monotonic())
-    committed = leases.cut(1)
+    committed = leases.cut(1, 0)
     leases.hold(1, ["b"], 100, time.monotonic())
     leases.release_in_flight(1)
     assert eventually(lambda: client.nacked == {"b"})
     leases.confirm(committed)
-    leases.confirm(leases.cut(1))
+    leases.confirm(leases.cut(1, 0))
     assert eventually(lambda: client.acked == {"a"})
 
 
@@ -182,8 +182,8 @@ def test_a_failing_acknowledgement_is_retried(made):
     client = Recorder(ack=3)
     leases = made(client)
     leases.hold(1, ["a"], 100, time.monotonic())
-    leases.confirm(leases.cut(1))
-    leases.confirm(leases.cut(1))
+    leases.confirm(leases.cut(1, 0))
+    leases.confirm(leases.cut(1, 0))
     assert eventually(lambda: client.acked == {"a"})
     assert leases.acknowledged == 1
 
@@ -193,8 +193,8 @@ def test_large_acknowledgements_are_split(made):
     leases = made(client)
     ids = [f"m{i}" for i in range(ACK_IDS_PER_CALL * 2 + 5)]
     leases.hold(1, ids, 100, time.monotonic())
-    leases.confirm(leases.cut(1))
-    leases.confirm(leases.cut(1))
+    leases.confirm(leases.cut(1, 0))
+    leases.confirm(leases.cut(1, 0))
     assert eventually(lambda: len(client.acked) == len(ids))
     assert max(len(call) for call in client.acks) == ACK_IDS_PER_CALL
 
@@ -204,7 +204,7 @@ def test_a_message_held_too_long_is_released_with_a_warning(made, caplog):
     leases = made(client, max_hold_s=0.3)
     with caplog.at_level(logging.WARNING):
         leases.hold(1, ["a"], 100, time.monotonic())
-        leases.cut(1)  # never finalized (a runner that does not finalize)
+        leases.cut(1, 0)  # never finalized (a runner that does not finalize)
         assert eventually(lambda: client.nacked == {"a"})
     assert leases.count() == 0
     assert "without their bundle being finalized by the runner" in caplog.text
@@ -215,7 +215,7 @@ def test_the_watermark_bound_is_the_oldest_unconfirmed_publish_time(made):
     assert leases.oldest_unconfirmed_publish_us() is None
     leases.hold(1, ["a"], 300, time.monotonic())
     leases.hold(1, ["b"], 100, time.monotonic())
-    first = leases.cut(1)
+    first = leases.cut(1, 0)
     leases.hold(2, ["c"], 200, time.monotonic())
     assert leases.oldest_unconfirmed_publish_us() == 100
     leases.confirm(first)  # the runner committed it: no longer holds the watermark back
@@ -226,9 +226,9 @@ def test_close_releases_and_sends_what_is_queued(made):
     client = Recorder()
     leases = made(client)
     leases.hold(1, ["a"], 100, time.monotonic())
-    leases.confirm(leases.cut(1))
+    leases.confirm(leases.cut(1, 0))
     leases.hold(1, ["b"], 100, time.monotonic())
-    leases.confirm(leases.cut(1))  # acknowledges "a"
+    leases.confirm(leases.cut(1, 0))  # acknowledges "a"
     leases.close(flush_s=2)
     assert client.acked == {"a"} and client.nacked == {"b"}
 
@@ -245,3 +245,22 @@ def test_throttled_log_reports_once_per_interval_with_a_count(caplog):
         "pull failed (x)",
         "pull failed (y) (and 4 more times since the last report)",
     ]
+
+
+def test_marks_a_restarted_job_will_never_finalize_are_released(made):
+    """Flink restarted from a checkpoint: the old tasks' bundles are never finalized, the new ones' are."""
+    client = Recorder()
+    leases = made(client)
+    leases.hold(1, ["lost"], 100, time.monotonic())
+    orphan = leases.cut(1, 0)
+    leases.hold(9, ["other-lane"], 100, time.monotonic())
+    other_lane = leases.cut(9, 1)
+    for _ in range(ORPHANED_AFTER):  # the restarted job's bundles of lane 0, each confirmed
+        leases.confirm(leases.cut(2, 0))
+    time.sleep(0.2)
+    assert client.nacked == set()
+    leases.confirm(leases.cut(2, 0))
+    assert eventually(lambda: client.nacked == {"lost"})
+    leases.confirm(orphan)  # too late: already redelivered
+    time.sleep(0.2)
+    assert "lost" not in client.acked and not other_lane.settled

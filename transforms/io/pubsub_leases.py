@@ -5,16 +5,18 @@ extending that deadline (``ModifyAckDeadline``) for as long as the message is he
 two ways:
 
 - **acknowledged**, once the runner has durably committed the bundle that emitted it. The source cuts a ``Mark``
-  (the ack ids one bundle emitted) at the end of every bundle and hands ``Leases.confirm`` to Beam's bundle
-  finalizer. A mark is acknowledged when the finalizer has confirmed it *and* a mark cut after that confirmation has
-  been confirmed too. Flink's portable runner finalizes, at each completed checkpoint, every bundle that finished
-  before the notification, bundles that finished after the checkpoint's barrier (and so are not in it) included;
-  the second confirmation proves that a later checkpoint, which does contain the bundle, completed. Elsewhere
-  (Prism) it delays an acknowledgement by one bundle.
-- **released** (a nack: deadline 0, so redelivered at once) when its bundle cannot commit: the bundle failed, or its
-  DoFn instance was torn down before the runner finalized it. A message held longer than ``max_hold_s`` is released
-  too, with a warning (the runner never finalized its bundle; a redelivery, deduplicated downstream, beats holding
-  it forever).
+  (the ack ids one bundle of one lane emitted) at the end of every bundle and hands ``Leases.confirm`` to Beam's
+  bundle finalizer. A mark is acknowledged when the finalizer has confirmed it *and* a mark of the same lane cut after
+  that confirmation has been confirmed too. Flink's portable runner finalizes, at each completed checkpoint, every
+  bundle that finished before the notification, bundles that finished after the checkpoint's barrier (and so are not
+  in it) included; the second confirmation proves that a later checkpoint, which does contain the bundle, completed.
+  Elsewhere (Prism) it delays an acknowledgement by one bundle.
+- **released** (a nack: deadline 0, so redelivered at once) when its bundle will never be committed: the bundle
+  failed; its DoFn instance was torn down before the runner finalized it; or later bundles of its lane were
+  confirmed several times over while it never was (Flink restarted the job from a checkpoint: the old bundles'
+  finalizations are gone with the old tasks, whose workers may live on). A message held longer than ``max_hold_s``
+  is released too, with a warning (the runner never finalized its bundle; a redelivery, deduplicated downstream,
+  beats holding it forever).
 
 Nothing here drops a message: it is either acknowledged after the commit or redelivered. The calls run on one
 background thread per subscription, are retried with exponential backoff, and failures are logged at a bounded
@@ -38,6 +40,8 @@ ACK_IDS_PER_CALL = 1000
 MIN_LEASE_S = 10  # Pub/Sub's minimum ack deadline
 MAX_LEASE_S = 600  # and its maximum
 NACK_ATTEMPTS = 5  # a nack that keeps failing only delays the redelivery until the deadline expires
+# A mark never confirmed while marks of its lane cut this many confirmations later were: its finalization is lost.
+ORPHANED_AFTER = 3
 _TICK_S = 1.0
 
 
@@ -114,8 +118,9 @@ class Mark:
     """What one bundle emitted, acknowledged once the runner has committed the bundle (see ``Leases.confirm``)."""
 
     owner: int
+    lane: int
     groups: list[_Group]
-    cut_at: int  # the number of confirmations Leases had seen when the bundle ended
+    cut_at: int  # how many of its lane's marks had been confirmed when the bundle ended
     confirmed_at: int | None = None
     settled: bool = False  # acknowledged or released
 
@@ -163,8 +168,7 @@ class Leases:
         self._cond = threading.Condition()
         self._in_flight: dict[int, list[_Group]] = {}  # owner -> groups its current bundle emitted
         self._marks: dict[int, list[Mark]] = {}  # owner -> its marks not yet settled
-        self._confirmed: list[Mark] = []  # confirmed once, waiting for a later mark's confirmation
-        self._confirmations = 0
+        self._confirmations: dict[int, int] = {}  # lane -> marks confirmed so far
         self._held = 0
         self._acks: list[_Call] = []
         self._nacks: list[_Call] = []
@@ -204,10 +208,10 @@ class Leases:
             self._held += len(group.ids)
             self._cond.notify()
 
-    def cut(self, owner: int) -> Mark:
-        """Ends ``owner``'s bundle: what it emitted becomes a mark for the bundle finalizer to confirm."""
+    def cut(self, owner: int, lane: int) -> Mark:
+        """Ends ``owner``'s bundle of ``lane``: what it emitted becomes a mark for the bundle finalizer to confirm."""
         with self._cond:
-            mark = Mark(owner, self._in_flight.pop(owner, []), self._confirmations)
+            mark = Mark(owner, lane, self._in_flight.pop(owner, []), self._confirmations.get(lane, 0))
             if mark.groups:
                 self._marks.setdefault(owner, []).append(mark)
             else:
@@ -217,23 +221,37 @@ class Leases:
     def confirm(self, mark: Mark) -> None:
         """The bundle finalizer's callback: the runner has committed the bundle that cut ``mark``.
 
-        Acknowledges every mark first confirmed no later than ``mark.cut_at``: ``mark``'s bundle ended after that
-        confirmation, so the commit just confirmed covers those marks' bundles too, whatever the runner's notion
-        of "committed" lagged behind.
+        Acknowledges every mark of the lane first confirmed no later than ``mark.cut_at``: ``mark``'s bundle ended
+        after that confirmation, so the commit just confirmed covers those marks' bundles too, however far the
+        runner's notion of "committed" lagged. Releases the lane's marks cut ``ORPHANED_AFTER`` confirmations or more
+        before ``mark`` and never confirmed: their bundles' finalizations are lost.
         """
         with self._cond:
-            self._confirmations += 1
+            lane = mark.lane
+            self._confirmations[lane] = confirmations = self._confirmations.get(lane, 0) + 1
             if not mark.settled and mark.confirmed_at is None:
-                mark.confirmed_at = self._confirmations
-                self._confirmed.append(mark)
-            ready = [m for m in self._confirmed if m.confirmed_at is not None and m.confirmed_at <= mark.cut_at]
-            if not ready:
-                return
-            self._confirmed = [m for m in self._confirmed if m not in ready]
-            ids = [i for m in ready for i in self._settle(m)]
-            if ids:
-                self._acks.append(_Call(ids, self._clock()))
+                mark.confirmed_at = confirmations
+            ready, orphans = [], []
+            for other in self._lane_marks(lane):
+                if other.confirmed_at is not None and other.confirmed_at <= mark.cut_at:
+                    ready.append(other)
+                elif other.confirmed_at is None and other.cut_at <= mark.cut_at - ORPHANED_AFTER:
+                    orphans.append(other)
+            acked = [i for m in ready for i in self._settle(m)]
+            if acked:
+                self._acks.append(_Call(acked, self._clock()))
                 self._cond.notify()
+            released = [i for m in orphans for i in self._settle(m)]
+            self._nack_locked(released)
+        if released:
+            self._log.log(
+                logging.INFO,
+                "orphans",
+                "Pub/Sub %s: %d messages of bundles the runner will not finalize (it restarted from a checkpoint?) "
+                "released for redelivery",
+                self._subscription,
+                len(released),
+            )
 
     def release_in_flight(self, owner: int) -> None:
         """``owner``'s bundle failed: what it emitted so far is redelivered."""
@@ -246,7 +264,6 @@ class Leases:
             ids = self._take(self._in_flight.pop(owner, []))
             for mark in list(self._marks.get(owner, [])):
                 ids.extend(self._settle(mark))
-            self._confirmed = [m for m in self._confirmed if not m.settled]
             self._nack_locked(ids)
 
     def owners(self) -> set[int]:
@@ -298,6 +315,9 @@ class Leases:
         if ids:
             self._nacks.append(_Call(ids, self._clock()))
             self._cond.notify()
+
+    def _lane_marks(self, lane: int) -> list[Mark]:
+        return [m for marks in self._marks.values() for m in marks if m.lane == lane]
 
     def _held_groups(self) -> Iterator[_Group]:
         for groups in self._in_flight.values():

@@ -483,7 +483,7 @@ class _PullFn(beam.DoFn):
         # Every bundle registers, even one that emitted nothing: Prism finalizes every bundle of a stage that asks for
         # finalization (the SDK reports an error for a bundle that did not register), and an empty mark's confirmation
         # is what lets the previous marks be acknowledged (Leases.confirm).
-        bundle_finalizer.register(functools.partial(reader.leases.confirm, reader.leases.cut(self._owner)))
+        bundle_finalizer.register(functools.partial(reader.leases.confirm, reader.leases.cut(self._owner, lane)))
 
     def teardown(self) -> None:
         if getattr(self, "_reader", None) is not None:
