@@ -8,6 +8,7 @@ for streaming (TestStream, processing-time triggers). Every other runner is left
 
 from __future__ import annotations
 
+import argparse
 import glob
 import json
 import os
@@ -191,6 +192,15 @@ def is_flink(options: PipelineOptions) -> bool:
     return runner in ("flink", "flinkrunner")
 
 
+class FlinkBundleOptions(PipelineOptions):
+    """Beam Java's ``FlinkPipelineOptions.finishBundleBeforeCheckpointing``, which Beam Python does not declare (the job
+    server receives declared options only). Set by ``fill_flink_options``, not meant for the command line."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument("--finish_bundle_before_checkpointing", default=None, help=argparse.SUPPRESS)
+
+
 def fill_flink_options(options: PipelineOptions) -> PipelineOptions:
     """``--runner=FlinkRunner``: the cached job server jar unless ``--flink_job_server_jar`` is given (so Beam never
     downloads one), and Python workers without Docker: LOOPBACK (in this process) on the embedded Flink
@@ -208,8 +218,15 @@ def fill_flink_options(options: PipelineOptions) -> PipelineOptions:
     from pipelines.options import AnalyticsOptions, flink_settings
 
     # Typed for the job server (Beam Java's FlinkPipelineOptions: checkpointing_interval -> checkpointingInterval).
-    for name, value in flink_settings(options).items():
+    settings = flink_settings(options)
+    for name, value in settings.items():
         setattr(options.view_as(AnalyticsOptions), name, value)
+    if "checkpointing_interval" in settings:
+        # Every Python source starts from Impulse, whose stage runs one bundle: if a checkpoint starts during it, Beam's
+        # Flink runner keeps that bundle's output in the checkpoint and, the stage's input having ended, never emits
+        # it, so the source never starts (seen: the Pub/Sub pull source with 1 s checkpoints on the embedded Flink).
+        # Finishing bundles before the barrier emits it (and keeps bundle output out of checkpoints altogether).
+        options.view_as(FlinkBundleOptions).finish_bundle_before_checkpointing = True
     portable = options.view_as(PortableOptions)
     if not portable.environment_type and flink.flink_master.strip() not in EMBEDDED_FLINK:
         portable.environment_type = "PROCESS"
