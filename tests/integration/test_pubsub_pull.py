@@ -51,6 +51,11 @@ SETTLE_S = 180
 
 @pytest.fixture
 def names(pubsub_emulator, monkeypatch):
+    return create_names(pubsub_emulator, monkeypatch)
+
+
+def create_names(pubsub_emulator, monkeypatch) -> tuple[Any, Any, dict[str, str]]:
+    """A fresh events topic + subscription and dead-letter topic + subscription; the pipeline talks to pstest."""
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
     publisher, subscriber = pubsub_emulator.publisher(), pubsub_emulator.subscriber()
     suffix = uuid.uuid4().hex[:8]
@@ -67,7 +72,11 @@ def names(pubsub_emulator, monkeypatch):
     return publisher, subscriber, names
 
 
-def start(runner: str, source: str, sink: str, dead_letter_sink: str, *extra: str) -> tuple[beam.Pipeline, Any]:
+def start(
+    runner: str | tuple[str, ...], source: str, sink: str, dead_letter_sink: str, *extra: str
+) -> tuple[beam.Pipeline, Any]:
+    """Builds and starts the main job on ``runner`` (a RUNNERS key, or the runner flags themselves)."""
+    runner_args = RUNNERS[runner] if isinstance(runner, str) else runner
     options = PipelineOptions(
         [
             f"--source=pubsub://{source}",
@@ -75,7 +84,7 @@ def start(runner: str, source: str, sink: str, dead_letter_sink: str, *extra: st
             f"--dead_letter_sink={dead_letter_sink}",
             "--streaming",
             *extra,
-            *RUNNERS[runner],
+            *runner_args,
         ]
     )
     pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
