@@ -16,35 +16,30 @@ The pipelines run in this process (LOOPBACK workers), so PUBSUB_EMULATOR_HOST se
 from __future__ import annotations
 
 import base64
-import gc
 import json
 import time
-import uuid
 from collections import Counter
-from typing import Any
 
-import apache_beam as beam
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.graph import build_pipeline
-from pipelines.runners import local_runner
 from pipelines.summary import read_rows
 from tests.integration.event_mix import expected_finals, mix, recent_window
 from tests.integration.fault_proxies import PubSubFaultProxy
 from tests.integration.fault_report import FaultReport
+from tests.integration.pubsub_jobs import (
+    ACK_DEADLINE_S,
+    PROJECT,
+    RUNNERS,
+    create_names,
+    left_in,
+    pull_all,
+    start_job,
+)
 from tests.integration.results import final_counts, wait_for
 from tests.integration.traffic import SteadyPublisher, Traffic
 
 pytestmark = pytest.mark.integration
 
-PROJECT = "local-project"
-ACK_DEADLINE_S = 10  # pstest's minimum, and Pub/Sub's default
-RUNNERS = {
-    "prism": ("--runner=PrismRunner",),
-    # Flink acknowledges when a checkpoint completes: checkpoints every second.
-    "flink": ("--runner=FlinkRunner", "--flink_master=[local]", "--checkpointing_interval=1000"),
-}
 START_S = 240  # a job on the embedded Flink takes a while to start on a loaded machine
 SETTLE_S = 180
 
@@ -52,68 +47,6 @@ SETTLE_S = 180
 @pytest.fixture
 def names(pubsub_emulator, monkeypatch):
     return create_names(pubsub_emulator, monkeypatch)
-
-
-def create_names(pubsub_emulator, monkeypatch) -> tuple[Any, Any, dict[str, str]]:
-    """A fresh events topic + subscription and dead-letter topic + subscription; the pipeline talks to pstest."""
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
-    publisher, subscriber = pubsub_emulator.publisher(), pubsub_emulator.subscriber()
-    suffix = uuid.uuid4().hex[:8]
-    names = {
-        "events": f"projects/{PROJECT}/topics/pull-{suffix}",
-        "events_sub": f"projects/{PROJECT}/subscriptions/pull-{suffix}",
-        "dlq": f"projects/{PROJECT}/topics/pull-dlq-{suffix}",
-        "dlq_sub": f"projects/{PROJECT}/subscriptions/pull-dlq-{suffix}",
-    }
-    publisher.create_topic(name=names["events"])
-    publisher.create_topic(name=names["dlq"])
-    subscriber.create_subscription(name=names["events_sub"], topic=names["events"], ack_deadline_seconds=ACK_DEADLINE_S)
-    subscriber.create_subscription(name=names["dlq_sub"], topic=names["dlq"])
-    return publisher, subscriber, names
-
-
-def start(
-    runner: str | tuple[str, ...], source: str, sink: str, dead_letter_sink: str, *extra: str
-) -> tuple[beam.Pipeline, Any]:
-    """Builds and starts the main job on ``runner`` (a RUNNERS key, or the runner flags themselves)."""
-    runner_args = RUNNERS[runner] if isinstance(runner, str) else runner
-    options = PipelineOptions(
-        [
-            f"--source=pubsub://{source}",
-            f"--sink={sink}",
-            f"--dead_letter_sink={dead_letter_sink}",
-            "--streaming",
-            *extra,
-            *runner_args,
-        ]
-    )
-    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
-    build_pipeline(pipeline, options)
-    return pipeline, pipeline.run()
-
-
-def stop(pipeline: beam.Pipeline, result: Any) -> None:
-    result.cancel()
-    del pipeline, result
-    gc.collect()
-
-
-def pull_all(subscriber, subscription: str, expected: int, deadline: float) -> list:
-    received: list = []
-    while len(received) < expected and time.monotonic() < deadline:
-        response = subscriber.pull(subscription=subscription, max_messages=100, timeout=5)
-        if response.received_messages:
-            received.extend(m.message for m in response.received_messages)
-            subscriber.acknowledge(subscription=subscription, ack_ids=[m.ack_id for m in response.received_messages])
-        else:
-            time.sleep(0.5)
-    return received
-
-
-def left_in(subscriber, subscription: str) -> list:
-    """Messages the subscription would still deliver (call once their ack deadline has passed)."""
-    response = subscriber.pull(subscription=subscription, max_messages=1000, timeout=10)
-    return [m.message for m in response.received_messages]
 
 
 def wait_for_subscription(publisher, topic: str, known: str, timeout_s: float) -> str:
@@ -134,9 +67,7 @@ def test_known_mix_gives_exact_aggregates_and_every_dead_letter(names, tmp_path,
     source = topics["events_sub"] if read_from == "subscription" else topics["events"]
     window_a = recent_window()
     valid, bad = mix("json", window_a)
-    pipeline, result = start(
-        runner, source, str(tmp_path / "aggregates"), f"pubsub://{topics['dlq']}", "--allowed_lateness=600"
-    )
+    job = start_job(runner, source, str(tmp_path / "aggregates"), f"pubsub://{topics['dlq']}", "--allowed_lateness=600")
     try:
         if read_from == "topic":
             temporary = wait_for_subscription(publisher, topics["events"], topics["events_sub"], START_S)
@@ -152,7 +83,7 @@ def test_known_mix_gives_exact_aggregates_and_every_dead_letter(names, tmp_path,
             "the exact final aggregates",
         )
     finally:
-        stop(pipeline, result)
+        job.stop()
 
     assert final_counts(read_rows(str(tmp_path / "aggregates"))[1]) == expected
     assert len(dead) == len(bad)
@@ -183,7 +114,7 @@ def test_a_message_redelivered_after_its_ack_deadline_is_deduplicated(
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", proxy.host)  # the pipeline talks to Pub/Sub through the proxy
     aggregates = str(tmp_path / "aggregates")
     windows = (f"--window_size={WINDOW_S}", "--early_firing=2", "--allowed_lateness=600")
-    pipeline, result = start(runner, topics["events_sub"], aggregates, str(tmp_path / "dead_letter"), *windows)
+    job = start_job(runner, topics["events_sub"], aggregates, str(tmp_path / "dead_letter"), *windows)
     load = SteadyPublisher(publisher, topics["events"], RATE, traffic.next)
     try:
         wait_for(lambda: proxy.pulls > 0, START_S, "the job to pull")
@@ -205,7 +136,7 @@ def test_a_message_redelivered_after_its_ack_deadline_is_deduplicated(
 
         wait_for(settled, SETTLE_S, "every message, redeliveries included, to be processed")
     finally:
-        stop(pipeline, result)
+        job.stop()
         proxy.stop()
 
     finals = final_counts(read_rows(aggregates)[1])
@@ -239,7 +170,7 @@ def test_a_broken_message_is_dead_lettered_once_and_acknowledged(pubsub_emulator
     proxy = PubSubFaultProxy(pubsub_emulator.host).start()
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", proxy.host)
     aggregates, dead_letters = str(tmp_path / "aggregates"), str(tmp_path / "dead_letter")
-    pipeline, result = start(runner, topics["events_sub"], aggregates, dead_letters, "--allowed_lateness=600")
+    job = start_job(runner, topics["events_sub"], aggregates, dead_letters, "--allowed_lateness=600")
     try:
         ids = [publisher.publish(topics["events"], p).result(timeout=30) for p in [*valid[:3], broken, *valid[3:]]]
         broken_id = ids[3]
@@ -248,7 +179,7 @@ def test_a_broken_message_is_dead_lettered_once_and_acknowledged(pubsub_emulator
         time.sleep(ACK_DEADLINE_S + 5)  # an unacknowledged message would be redelivered by now
         dead = read_rows(dead_letters)[1]
     finally:
-        stop(pipeline, result)
+        job.stop()
         proxy.stop()
     time.sleep(2)
     assert [base64.b64decode(row["payload"]) for row in dead] == [broken]

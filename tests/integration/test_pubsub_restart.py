@@ -25,8 +25,8 @@ import pytest
 from pipelines.summary import read_rows
 from tests.integration.fault_proxies import PubSubFaultProxy
 from tests.integration.fault_report import FaultReport
+from tests.integration.pubsub_jobs import RUNNERS, create_names, start_job
 from tests.integration.results import final_counts, wait_for
-from tests.integration.test_pubsub_pull import RUNNERS, START_S, create_names, start, stop
 from tests.integration.traffic import Traffic
 from transforms.io import pubsub
 
@@ -34,6 +34,7 @@ pytestmark = pytest.mark.integration
 
 WINDOW_S = 30
 WINDOWS = (f"--window_size={WINDOW_S}", "--early_firing=1", "--allowed_lateness=600")
+START_S = 240
 SETTLE_S = 240
 
 
@@ -75,25 +76,37 @@ def test_prism_a_failed_bundle_acknowledges_nothing_and_a_restart_counts_every_m
         with monkeypatch.context() as patched:
             patched.setattr(pubsub, "message_metadata", _crash_on(crash, once=False)[0])
             first = tmp_path / "first"
-            pipeline, result = start("prism", topics["events_sub"], str(first / "agg"), str(first / "dlq"), *WINDOWS)
+            job = start_job("prism", topics["events_sub"], str(first / "agg"), str(first / "dlq"), *WINDOWS)
             with pytest.raises(Exception):  # noqa: B017 - Prism fails the job; the runner's own exception type
-                result.wait_until_finish(duration=START_S * 1000)
-            stop(pipeline, result)
+                job.result.wait_until_finish(duration=START_S * 1000)
+            failed_at = time.monotonic()
+            job.stop()
         delivered_once = dict(proxy.deliveries)
         assert set(delivered_once) == set(ids)  # the first job read every message...
         assert not proxy.acked  # ...and acknowledged none
         assert read_rows(str(first / "agg"))[1] == []
 
         second = tmp_path / "second"
-        pipeline, result = start("prism", topics["events_sub"], str(second / "agg"), str(second / "dlq"), *WINDOWS)
+        job = start_job("prism", topics["events_sub"], str(second / "agg"), str(second / "dlq"), *WINDOWS)
         try:
             expected = traffic.expected()
             wait_for(lambda: final_counts(read_rows(str(second / "agg"))[1]) == expected, SETTLE_S, "exact counts")
+            recovered_s = time.monotonic() - failed_at
             wait_for(lambda: set(proxy.acked) == set(ids), SETTLE_S, "every message to be acknowledged")
         finally:
-            stop(pipeline, result)
+            job.stop()
     finally:
         proxy.stop()
+    FaultReport(
+        test="Pub/Sub on Prism: the first bundle fails, the job fails, a second job runs",
+        load=f"{len(ids)} records published before the job",
+        fault="one record makes the bundle that read every record throw",
+        records_in=len(ids),
+        records_out=sum(count for count, _, _ in final_counts(read_rows(str(second / "agg"))[1]).values()),
+        dead_lettered=0,
+        duplicates=traffic.duplicates,
+        detail=f"the second job had the exact counts {recovered_s:.0f} s after the first failed",
+    ).emit()
     assert final_counts(read_rows(str(second / "agg"))[1]) == expected
     assert all(proxy.deliveries[i] == 2 for i in ids)  # once to the failed job, once to the second
 
@@ -108,7 +121,7 @@ def test_flink_a_job_killed_before_a_checkpoint_acknowledges_nothing_and_a_resta
     first, second = tmp_path / "first", tmp_path / "second"
     hourly = ("--runner=FlinkRunner", "--flink_master=[local]", "--checkpointing_interval=3600000")
     try:
-        pipeline, result = start(hourly, topics["events_sub"], str(first / "agg"), str(first / "dlq"), *WINDOWS)
+        job = start_job(hourly, topics["events_sub"], str(first / "agg"), str(first / "dlq"), *WINDOWS)
         try:
             ids = _publish(publisher, topics["events"], traffic, 60)
             expected = traffic.expected()
@@ -119,15 +132,15 @@ def test_flink_a_job_killed_before_a_checkpoint_acknowledges_nothing_and_a_resta
             time.sleep(3)
             assert not proxy.acked  # ...but no checkpoint completed, so nothing is acknowledged
         finally:
-            stop(pipeline, result)
+            job.stop()  # the job server goes, and the Flink job with it
         killed_at = time.monotonic()
-        pipeline, result = start("flink", topics["events_sub"], str(second / "agg"), str(second / "dlq"), *WINDOWS)
+        job = start_job("flink", topics["events_sub"], str(second / "agg"), str(second / "dlq"), *WINDOWS)
         try:
             wait_for(lambda: final_counts(read_rows(str(second / "agg"))[1]) == expected, SETTLE_S, "job 2's counts")
             recovered_s = time.monotonic() - killed_at
             wait_for(lambda: set(proxy.acked) >= set(ids), SETTLE_S, "every message to be acknowledged")
         finally:
-            stop(pipeline, result)
+            job.stop()
     finally:
         proxy.stop()
     FaultReport(
@@ -155,7 +168,7 @@ def test_flink_restarted_from_a_checkpoint_counts_every_message_once(pubsub_emul
     out = tmp_path / "out"
     restarts = (*RUNNERS["flink"], "--number_of_execution_retries=3", "--execution_retry_delay=1000")
     try:
-        pipeline, result = start(restarts, topics["events_sub"], str(out / "agg"), str(out / "dlq"), *WINDOWS)
+        job = start_job(restarts, topics["events_sub"], str(out / "agg"), str(out / "dlq"), *WINDOWS)
         try:
             ids = _publish(publisher, topics["events"], traffic, 40)
             wait_for(lambda: set(proxy.acked) >= set(ids[:20]), START_S + 120, "checkpoints to acknowledge messages")
@@ -167,7 +180,7 @@ def test_flink_restarted_from_a_checkpoint_counts_every_message_once(pubsub_emul
             wait_for(lambda: final_counts(read_rows(str(out / "agg"))[1]) == expected, SETTLE_S, "exact counts")
             wait_for(lambda: set(proxy.acked) >= set(ids), SETTLE_S, "every message to be acknowledged")
         finally:
-            stop(pipeline, result)
+            job.stop()
     finally:
         proxy.stop()
     redelivered = sum(n - 1 for n in proxy.deliveries.values())

@@ -1,0 +1,116 @@
+"""Starting and stopping the main job on a Pub/Sub source, for the pull-source tests (Prism, Flink).
+
+A job on the embedded Flink gets a Flink job server of its own (Beam starts one per job anyway), and stopping the job
+stops that server: cancelling through Beam's job service interrupts the job's invocation, not the Flink job, which
+would keep running (and pulling) in the job server's JVM until the test process exits. Stopping the server is what
+"killing the job" means here.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions, PortableOptions
+
+from pipelines.graph import build_pipeline
+from pipelines.runners import EMBEDDED_FLINK, is_flink, local_runner
+
+PROJECT = "local-project"
+ACK_DEADLINE_S = 10  # pstest's minimum, and Pub/Sub's default
+RUNNERS: dict[str, tuple[str, ...]] = {
+    "prism": ("--runner=PrismRunner",),
+    # Flink acknowledges when a checkpoint completes: checkpoints every second.
+    "flink": ("--runner=FlinkRunner", "--flink_master=[local]", "--checkpointing_interval=1000"),
+}
+
+
+@dataclass
+class Job:
+    pipeline: beam.Pipeline
+    result: Any
+    job_server: Any = None  # the embedded Flink's job server, stopped with the job
+    started: float = field(default_factory=time.monotonic)
+
+    def stop(self) -> None:
+        """Cancels the job; on the embedded Flink also stops its job server (and so the Flink job)."""
+        try:
+            self.result.cancel()
+        finally:
+            if self.job_server is not None:
+                self.job_server.stop()
+                self.job_server = None
+            self.pipeline = self.result = None
+            gc.collect()  # Beam's finalizers run now, while the emulator is still up
+
+
+def start_job(runner: str | tuple[str, ...], source: str, sink: str, dead_letter_sink: str, *extra: str) -> Job:
+    """Builds and starts the main job reading ``pubsub://source`` on ``runner`` (a RUNNERS key or the runner flags)."""
+    runner_args = RUNNERS[runner] if isinstance(runner, str) else runner
+    options = PipelineOptions(
+        [
+            f"--source=pubsub://{source}",
+            f"--sink={sink}",
+            f"--dead_letter_sink={dead_letter_sink}",
+            "--streaming",
+            *extra,
+            *runner_args,
+        ]
+    )
+    local = local_runner(options, streaming=True)  # fills in the cached Prism / Flink job server jar
+    job_server = None
+    if is_flink(options) and options.view_as(FlinkRunnerOptions).flink_master.strip() in EMBEDDED_FLINK:
+        from apache_beam.runners.portability.flink_runner import FlinkJarJobServer
+
+        job_server = FlinkJarJobServer(options)
+        options.view_as(PortableOptions).job_endpoint = job_server.start()
+    try:
+        pipeline = beam.Pipeline(runner=local, options=options)
+        build_pipeline(pipeline, options)
+        return Job(pipeline, pipeline.run(), job_server)
+    except BaseException:
+        if job_server is not None:
+            job_server.stop()
+        raise
+
+
+def create_names(pubsub_emulator, monkeypatch, prefix: str = "pull") -> tuple[Any, Any, dict[str, str]]:
+    """A fresh events topic + subscription (ack deadline ACK_DEADLINE_S) and a dead-letter topic + subscription;
+    PUBSUB_EMULATOR_HOST points this process (and the LOOPBACK workers in it) at pstest."""
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
+    publisher, subscriber = pubsub_emulator.publisher(), pubsub_emulator.subscriber()
+    suffix = uuid.uuid4().hex[:8]
+    names = {
+        "events": f"projects/{PROJECT}/topics/{prefix}-{suffix}",
+        "events_sub": f"projects/{PROJECT}/subscriptions/{prefix}-{suffix}",
+        "dlq": f"projects/{PROJECT}/topics/{prefix}-dlq-{suffix}",
+        "dlq_sub": f"projects/{PROJECT}/subscriptions/{prefix}-dlq-{suffix}",
+    }
+    publisher.create_topic(name=names["events"])
+    publisher.create_topic(name=names["dlq"])
+    subscriber.create_subscription(name=names["events_sub"], topic=names["events"], ack_deadline_seconds=ACK_DEADLINE_S)
+    subscriber.create_subscription(name=names["dlq_sub"], topic=names["dlq"])
+    return publisher, subscriber, names
+
+
+def pull_all(subscriber, subscription: str, expected: int, deadline: float) -> list:
+    """Pulls (and acknowledges) until ``expected`` messages arrived or ``deadline`` (monotonic) passed."""
+    received: list = []
+    while len(received) < expected and time.monotonic() < deadline:
+        response = subscriber.pull(subscription=subscription, max_messages=100, timeout=5)
+        if response.received_messages:
+            received.extend(m.message for m in response.received_messages)
+            subscriber.acknowledge(subscription=subscription, ack_ids=[m.ack_id for m in response.received_messages])
+        else:
+            time.sleep(0.5)
+    return received
+
+
+def left_in(subscriber, subscription: str) -> list:
+    """Messages the subscription would deliver now (call once their ack deadline has passed)."""
+    response = subscriber.pull(subscription=subscription, max_messages=1000, timeout=10)
+    return [m.message for m in response.received_messages]
