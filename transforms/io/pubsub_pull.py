@@ -158,31 +158,49 @@ class SubscriptionReader:
     # -- start-up: the subscription and its ack deadline --------------------------------------------------------
 
     def _prepare(self) -> bool:
-        from google.api_core.exceptions import AlreadyExists
+        """Creates the job's temporary subscription (a topic source) and reads the subscription's ack deadline. Only
+        a failure to create is fatal for now (retried); a deadline that cannot be read (a subscriber may lack
+        ``pubsub.subscriptions.get``) leaves the 10 s minimum, which only extends more often."""
+        from google.api_core.exceptions import AlreadyExists, NotFound
 
         spec = self.spec
+        timeout = self._settings.rpc_timeout_seconds
+        if spec.topic is not None:
+            try:
+                self._client.create_subscription(
+                    request={
+                        "name": spec.subscription,
+                        "topic": spec.topic,
+                        "expiration_policy": {"ttl": {"seconds": TEMPORARY_SUBSCRIPTION_TTL_S}},
+                    },
+                    timeout=timeout,
+                    retry=None,
+                )
+                _LOG.info("Pub/Sub: created subscription %s on %s for this job", spec.subscription, spec.topic)
+            except AlreadyExists:
+                pass
+            except rpc_errors() as exc:
+                self._failed("prepare", f"creating the subscription on {spec.topic}", exc)
+                return False
         try:
-            if spec.topic is not None:
-                try:
-                    self._client.create_subscription(
-                        request={
-                            "name": spec.subscription,
-                            "topic": spec.topic,
-                            "expiration_policy": {"ttl": {"seconds": TEMPORARY_SUBSCRIPTION_TTL_S}},
-                        },
-                        timeout=self._settings.rpc_timeout_seconds,
-                        retry=None,
-                    )
-                    _LOG.info("Pub/Sub: created subscription %s on %s for this job", spec.subscription, spec.topic)
-                except AlreadyExists:
-                    pass
             subscription = self._client.get_subscription(
-                request={"subscription": spec.subscription}, timeout=self._settings.rpc_timeout_seconds, retry=None
+                request={"subscription": spec.subscription}, timeout=timeout, retry=None
             )
-        except rpc_errors() as exc:
-            self._failed("prepare", "reading the subscription's settings", exc)
+        except NotFound as exc:
+            self._failed("prepare", "looking up the subscription", exc)
             return False
-        self.leases.set_lease(subscription.ack_deadline_seconds)
+        except rpc_errors() as exc:
+            self._log.log(
+                logging.WARNING,
+                "deadline",
+                "Pub/Sub %s: its ack deadline cannot be read (%s: %s); deadlines are extended by %d s",
+                spec.subscription,
+                type(exc).__name__,
+                _first_line(exc),
+                self.leases.lease_s,
+            )
+        else:
+            self.leases.set_lease(subscription.ack_deadline_seconds)
         self._ready = True
         return True
 
@@ -305,9 +323,14 @@ class SubscriptionReader:
             self.spec.subscription,
             what,
             type(exc).__name__,
-            str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "",
+            _first_line(exc),
             delay,
         )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
 
 
 _READERS: dict[tuple[str, str], SubscriptionReader] = {}
