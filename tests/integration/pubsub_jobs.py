@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions, PortableOptions
+from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions
+from apache_beam.runners.portability.flink_runner import FlinkJarJobServer, FlinkRunner
 
 from pipelines.graph import build_pipeline
 from pipelines.runners import EMBEDDED_FLINK, is_flink, local_runner
@@ -27,6 +28,17 @@ RUNNERS: dict[str, tuple[str, ...]] = {
     # Flink acknowledges when a checkpoint completes: checkpoints every second.
     "flink": ("--runner=FlinkRunner", "--flink_master=[local]", "--checkpointing_interval=1000"),
 }
+
+
+class _FlinkRunnerWithServer(FlinkRunner):
+    """Beam's FlinkRunner with a job server the test holds (Beam's own is only stopped when the process exits)."""
+
+    def __init__(self, job_server: FlinkJarJobServer) -> None:
+        super().__init__()
+        self._job_server = job_server
+
+    def default_job_server(self, options: PipelineOptions) -> FlinkJarJobServer:
+        return self._job_server
 
 
 @dataclass
@@ -61,15 +73,13 @@ def start_job(runner: str | tuple[str, ...], source: str, sink: str, dead_letter
             *runner_args,
         ]
     )
-    local = local_runner(options, streaming=True)  # fills in the cached Prism / Flink job server jar
+    runner = local_runner(options, streaming=True)  # fills in the cached Prism / Flink job server jar
     job_server = None
     if is_flink(options) and options.view_as(FlinkRunnerOptions).flink_master.strip() in EMBEDDED_FLINK:
-        from apache_beam.runners.portability.flink_runner import FlinkJarJobServer
-
         job_server = FlinkJarJobServer(options)
-        options.view_as(PortableOptions).job_endpoint = job_server.start()
+        runner = _FlinkRunnerWithServer(job_server)
     try:
-        pipeline = beam.Pipeline(runner=local, options=options)
+        pipeline = beam.Pipeline(runner=runner, options=options)
         build_pipeline(pipeline, options)
         return Job(pipeline, pipeline.run(), job_server)
     except BaseException:

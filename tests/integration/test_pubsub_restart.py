@@ -17,8 +17,8 @@ Every message is counted through ``PubSubFaultProxy``: how often it was delivere
 from __future__ import annotations
 
 import json
-import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -43,18 +43,19 @@ def names(pubsub_emulator, monkeypatch):
     return create_names(pubsub_emulator, monkeypatch)
 
 
-def _crash_on(payload: bytes, once: bool):
-    """``message_metadata`` that throws for the message carrying ``payload`` (only the first time if ``once``)."""
+def _crash_on(payload: bytes, flag: Path | None = None):
+    """``message_metadata`` that throws for the message carrying ``payload``: always, or, with ``flag`` (a file that
+    the first crash creates), once. The runner unpickles its own copies of the step, so "once" lives on disk."""
     original = pubsub.message_metadata
-    crashed = threading.Event()
 
     def message_metadata(message):
-        if message.data == payload and not (once and crashed.is_set()):
-            crashed.set()
+        if message.data == payload and (flag is None or not flag.exists()):
+            if flag is not None:
+                flag.touch()
             raise RuntimeError("injected crash")
         return original(message)
 
-    return message_metadata, crashed
+    return message_metadata
 
 
 def _publish(publisher, topic: str, traffic: Traffic, count: int) -> list[str]:
@@ -74,7 +75,7 @@ def test_prism_a_failed_bundle_acknowledges_nothing_and_a_restart_counts_every_m
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", proxy.host)
     try:
         with monkeypatch.context() as patched:
-            patched.setattr(pubsub, "message_metadata", _crash_on(crash, once=False)[0])
+            patched.setattr(pubsub, "message_metadata", _crash_on(crash))
             first = tmp_path / "first"
             job = start_job("prism", topics["events_sub"], str(first / "agg"), str(first / "dlq"), *WINDOWS)
             with pytest.raises(Exception):  # noqa: B017 - Prism fails the job; the runner's own exception type
@@ -163,8 +164,8 @@ def test_flink_restarted_from_a_checkpoint_counts_every_message_once(pubsub_emul
     proxy = PubSubFaultProxy(pubsub_emulator.host).start()
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", proxy.host)
     crash = json.dumps(traffic.event(999)).encode()
-    crashing, crashed = _crash_on(crash, once=True)
-    monkeypatch.setattr(pubsub, "message_metadata", crashing)
+    crashed = tmp_path / "crashed"
+    monkeypatch.setattr(pubsub, "message_metadata", _crash_on(crash, crashed))
     out = tmp_path / "out"
     restarts = (*RUNNERS["flink"], "--number_of_execution_retries=3", "--execution_retry_delay=1000")
     try:
@@ -176,7 +177,7 @@ def test_flink_restarted_from_a_checkpoint_counts_every_message_once(pubsub_emul
             ids.append(publisher.publish(topics["events"], crash).result(timeout=30))
             ids += _publish(publisher, topics["events"], traffic, 40)
             expected = traffic.expected()
-            wait_for(crashed.is_set, SETTLE_S, "the injected crash")
+            wait_for(crashed.exists, SETTLE_S, "the injected crash")
             wait_for(lambda: final_counts(read_rows(str(out / "agg"))[1]) == expected, SETTLE_S, "exact counts")
             wait_for(lambda: set(proxy.acked) >= set(ids), SETTLE_S, "every message to be acknowledged")
         finally:
