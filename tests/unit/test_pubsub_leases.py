@@ -157,6 +157,20 @@ def test_a_failed_bundle_redelivers_only_what_it_emitted(made):
     assert eventually(lambda: client.acked == {"a"})
 
 
+def test_totals_count_acknowledged_and_released_messages(made):
+    """What the source reports as metrics: acknowledged once Pub/Sub accepted it; released when handed back."""
+    client = Recorder(ack=1)  # the first Acknowledge fails and is retried: counted once, when it succeeds
+    leases = made(client)
+    leases.hold(1, ["a", "b"], 100, time.monotonic())
+    leases.confirm(leases.cut(1, 0))
+    leases.hold(1, ["c"], 100, time.monotonic())
+    leases.release_in_flight(1)
+    assert leases.totals() == (0, 1)  # released when decided
+    leases.confirm(leases.cut(1, 0))
+    assert eventually(lambda: leases.totals() == (2, 1))
+    assert client.acked == {"a", "b"} and leases.count() == 0
+
+
 def test_deadlines_are_extended_before_they_expire(made):
     client = Recorder()
     leases = made(client)

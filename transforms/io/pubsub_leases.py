@@ -176,8 +176,10 @@ class Leases:
         self._renew_failures = 0
         self._closing_until: float | None = None
         self.failure: BaseException | None = None  # set if the background thread died
-        self.acknowledged = 0  # ack ids Pub/Sub accepted
-        self.released = 0  # ack ids nacked (or let go)
+        # Totals since the start (what the source reports as metrics): ack ids Pub/Sub accepted; ack ids handed back
+        # for redelivery instead (nacked, whatever the nack call's fate, or whose acknowledgement was given up).
+        self.acknowledged = 0
+        self.released = 0
         self._thread = threading.Thread(target=self._run, name=f"pubsub-leases {subscription}", daemon=True)
         self._thread.start()
 
@@ -266,6 +268,11 @@ class Leases:
                 ids.extend(self._settle(mark))
             self._nack_locked(ids)
 
+    def totals(self) -> tuple[int, int]:
+        """(acknowledged, released) since the start."""
+        with self._cond:
+            return self.acknowledged, self.released
+
     def owners(self) -> set[int]:
         with self._cond:
             return set(self._in_flight) | set(self._marks)
@@ -313,6 +320,7 @@ class Leases:
 
     def _nack_locked(self, ids: list[str]) -> None:
         if ids:
+            self.released += len(ids)
             self._nacks.append(_Call(ids, self._clock()))
             self._cond.notify()
 
@@ -395,6 +403,7 @@ class Leases:
 
     def _give_up_queued(self) -> None:
         left = sum(len(call.ids) for call in self._acks)
+        self.released += left
         if left:
             _LOG.warning(
                 "Pub/Sub %s: %d acknowledgements could not be sent before the reader closed; those messages will be "
@@ -414,11 +423,9 @@ class Leases:
             except errors as exc:
                 self._retry_or_give_up(call, what, queue, exc)
                 continue
-            with self._cond:
-                if what == "acknowledge":
+            if what == "acknowledge":
+                with self._cond:
                     self.acknowledged += len(call.ids)
-                else:
-                    self.released += len(call.ids)
 
     def _retry_or_give_up(self, call: _Call, what: str, queue: list[_Call], exc: BaseException) -> None:
         now = self._clock()
@@ -427,6 +434,9 @@ class Leases:
             what == "acknowledge" and now - call.queued_at > self._ack_give_up_s
         )
         if give_up:
+            if what == "acknowledge":
+                with self._cond:
+                    self.released += len(call.ids)
             self._log.log(
                 logging.WARNING,
                 f"{what}-give-up",

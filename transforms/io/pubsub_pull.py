@@ -43,6 +43,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
+from transforms import metrics
 from transforms.io.pubsub_leases import AckClient, Leases, ThrottledLog, rpc_errors
 
 _LOG = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ class SubscriptionReader:
         self._failures = 0
         self._retry_at = 0.0
         self._bundles = 0  # running now
+        self._reported = (0, 0)  # (acknowledged, released) already reported as metrics
         self._last_bundle = time.monotonic()  # when one last started or ended
 
     def bundle(self, delta: int) -> None:
@@ -227,6 +229,14 @@ class SubscriptionReader:
             )
             return float(self._settings.idle_resume_seconds)
         return 0.0
+
+    def unreported(self) -> tuple[int, int]:
+        """(acknowledged, released) since the last call: what a bundle adds to the counters. Acknowledgements happen
+        on the lease thread, outside any bundle, where Beam has no metrics container to count them in."""
+        totals = self.leases.totals()
+        with self._lock:
+            before, self._reported = self._reported, totals
+        return totals[0] - before[0], totals[1] - before[1]
 
     def backoff_s(self) -> float:
         return max(0.0, self._retry_at - time.monotonic())
@@ -463,6 +473,10 @@ class _PullFn(beam.DoFn):
     def setup(self) -> None:
         self._owner = next(_OWNER_IDS)
         self._reader: SubscriptionReader | None = None
+        self._pulled = metrics.counter(metrics.PUBSUB_MESSAGES_PULLED)
+        self._acknowledged = metrics.counter(metrics.PUBSUB_MESSAGES_ACKNOWLEDGED)
+        self._released = metrics.counter(metrics.PUBSUB_MESSAGES_RELEASED)
+        self._outstanding = metrics.gauge(metrics.PUBSUB_MESSAGES_OUTSTANDING)
 
     @beam.DoFn.unbounded_per_element()
     def process(
@@ -501,12 +515,20 @@ class _PullFn(beam.DoFn):
             raise
         finally:
             reader.bundle(-1)
+        self._report(reader, emitted)
         _advance(watermark_estimator, reader.watermark_us(lane))
         tracker.defer_remainder(Duration(seconds=resume_s))
         # Every bundle registers, even one that emitted nothing: Prism finalizes every bundle of a stage that asks for
         # finalization (the SDK reports an error for a bundle that did not register), and an empty mark's confirmation
         # is what lets the previous marks be acknowledged (Leases.confirm).
         bundle_finalizer.register(functools.partial(reader.leases.confirm, reader.leases.cut(self._owner, lane)))
+
+    def _report(self, reader: SubscriptionReader, emitted: int) -> None:
+        acknowledged, released = reader.unreported()
+        for counter, count in ((self._pulled, emitted), (self._acknowledged, acknowledged), (self._released, released)):
+            if count:
+                counter.inc(count)
+        self._outstanding.set(reader.leases.count())
 
     def teardown(self) -> None:
         if getattr(self, "_reader", None) is not None:
