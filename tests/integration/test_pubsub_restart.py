@@ -120,7 +120,13 @@ def test_flink_a_job_killed_before_a_checkpoint_acknowledges_nothing_and_a_resta
     proxy = PubSubFaultProxy(pubsub_emulator.host).start()
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", proxy.host)
     first, second = tmp_path / "first", tmp_path / "second"
-    hourly = ("--runner=FlinkRunner", "--flink_master=[local]", "--checkpointing_interval=3600000")
+    # Flink takes the first checkpoint after a random delay between the minimum pause and the interval: both an hour.
+    hourly = (
+        "--runner=FlinkRunner",
+        "--flink_master=[local]",
+        "--checkpointing_interval=3600000",
+        "--min_pause_between_checkpoints=3600000",
+    )
     try:
         job = start_job(hourly, topics["events_sub"], str(first / "agg"), str(first / "dlq"), *WINDOWS)
         try:
