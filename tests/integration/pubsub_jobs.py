@@ -1,9 +1,10 @@
 """Starting and stopping the main job on a Pub/Sub source, for the pull-source tests (Prism, Flink).
 
-A job on the embedded Flink gets a Flink job server of its own (Beam starts one per job anyway), and stopping the job
-stops that server: cancelling through Beam's job service interrupts the job's invocation, not the Flink job, which
-would keep running (and pulling) in the job server's JVM until the test process exits. Stopping the server is what
-"killing the job" means here.
+A job on Flink gets a Flink job server of its own (Beam starts one per job anyway, and stops it only when the process
+exits), and stopping the job stops that server: cancelling through Beam's job service interrupts the job's
+invocation, not the Flink job. On the embedded Flink, which runs inside the job server's JVM, stopping the server is
+what "killing the job" means; a job on the session cluster is cancelled through Flink's REST API first
+(test_pubsub_flink_cluster.py).
 """
 
 from __future__ import annotations
@@ -11,15 +12,21 @@ from __future__ import annotations
 import gc
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.portability.api import beam_job_api_pb2
 from apache_beam.runners.portability.flink_runner import FlinkJarJobServer, FlinkRunner
 
 from pipelines.graph import build_pipeline
-from pipelines.runners import EMBEDDED_FLINK, is_flink, local_runner
+from pipelines.runners import is_flink, local_runner
+from transforms import metrics
+
+T = TypeVar("T")
 
 PROJECT = "local-project"
 ACK_DEADLINE_S = 10  # pstest's minimum, and Pub/Sub's default
@@ -45,11 +52,11 @@ class _FlinkRunnerWithServer(FlinkRunner):
 class Job:
     pipeline: beam.Pipeline
     result: Any
-    job_server: Any = None  # the embedded Flink's job server, stopped with the job
+    job_server: Any = None  # the Flink job server, stopped with the job
     started: float = field(default_factory=time.monotonic)
 
     def stop(self) -> None:
-        """Cancels the job; on the embedded Flink also stops its job server (and so the Flink job)."""
+        """Cancels the job; on Flink also stops its job server (and so the embedded Flink's job)."""
         try:
             self.result.cancel()
         finally:
@@ -75,7 +82,7 @@ def start_job(runner: str | tuple[str, ...], source: str, sink: str, dead_letter
     )
     runner = local_runner(options, streaming=True)  # fills in the cached Prism / Flink job server jar
     job_server = None
-    if is_flink(options) and options.view_as(FlinkRunnerOptions).flink_master.strip() in EMBEDDED_FLINK:
+    if is_flink(options):
         job_server = FlinkJarJobServer(options)
         runner = _FlinkRunnerWithServer(job_server)
     try:
@@ -124,3 +131,41 @@ def left_in(subscriber, subscription: str) -> list:
     """Messages the subscription would deliver now (call once their ack deadline has passed)."""
     response = subscriber.pull(subscription=subscription, max_messages=1000, timeout=10)
     return [m.message for m in response.received_messages]
+
+
+# The pull source's own metrics (transforms/metrics.py).
+SOURCE_COUNTERS = (
+    metrics.PUBSUB_MESSAGES_PULLED,
+    metrics.PUBSUB_MESSAGES_ACKNOWLEDGED,
+    metrics.PUBSUB_MESSAGES_RELEASED,
+)
+SOURCE_GAUGE = metrics.PUBSUB_MESSAGES_OUTSTANDING
+
+
+def running_source_metrics(job: Job) -> dict[str, int]:
+    """The pull source's counters and gauge as the job service reports them for the running job (Prism answers while
+    the job runs; Beam's ``result.metrics()`` keeps its first answer, so ask the job service each time)."""
+    from apache_beam.runners.portability.portable_runner import PortableMetrics
+
+    result = job.result
+    response = result._job_service.GetJobMetrics(beam_job_api_pb2.GetJobMetricsRequest(job_id=result._job_id))
+    found = PortableMetrics(response).query(MetricsFilter().with_namespace(metrics.NAMESPACE))
+    values = {name: 0 for name in SOURCE_COUNTERS}
+    for counter in found["counters"]:
+        if counter.key.metric.name in SOURCE_COUNTERS:
+            values[counter.key.metric.name] = counter.committed or counter.attempted or 0
+    for gauge in found["gauges"]:
+        if gauge.key.metric.name == SOURCE_GAUGE:
+            values[SOURCE_GAUGE] = (gauge.committed or gauge.attempted).value
+    return values
+
+
+def settled_value(get: Callable[[], T], expected: T, timeout_s: float) -> T:
+    """Polls ``get`` every second until it returns ``expected`` or ``timeout_s`` passed; returns its last value, for
+    the test to assert on (so a failure shows what was there)."""
+    deadline = time.monotonic() + timeout_s
+    value = get()
+    while value != expected and time.monotonic() < deadline:
+        time.sleep(1)
+        value = get()
+    return value

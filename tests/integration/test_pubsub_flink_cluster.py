@@ -7,7 +7,10 @@ that identifies its own worker processes.
 
 - the known mix gives the exact aggregates, and every dead letter reaches its Pub/Sub topic byte for byte;
 - acknowledgements lost for a while: pstest redelivers after the ack deadline, the counts stay exact;
-- a broken message is dead-lettered once, delivered once and acknowledged;
+- a broken message is dead-lettered once, delivered once and acknowledged; the source's metrics, read from Flink's
+  REST API, say the same;
+- a job that processed every message but never checkpointed acknowledged none: cancelled and started again, the
+  second job gets every message again and counts each once;
 - the job's Python worker is killed (SIGKILL) mid-stream: Flink restores the last checkpoint, the messages read after
   it (never acknowledged) come back when their deadline expires, and every message is counted exactly once.
 """
@@ -19,6 +22,7 @@ import json
 import os
 import signal
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -32,11 +36,26 @@ from services import FlinkCluster
 from tests.integration.event_mix import expected_finals, mix, recent_window
 from tests.integration.fault_proxies import PubSubFaultProxy
 from tests.integration.fault_report import FaultReport
-from tests.integration.pubsub_jobs import ACK_DEADLINE_S, Job, create_names, left_in, pull_all, start_job
+from tests.integration.pubsub_jobs import (
+    ACK_DEADLINE_S,
+    SOURCE_COUNTERS,
+    SOURCE_GAUGE,
+    Job,
+    create_names,
+    left_in,
+    pull_all,
+    settled_value,
+    start_job,
+)
 from tests.integration.results import final_counts, wait_for
 from tests.integration.traffic import SteadyPublisher, Traffic
+from transforms import metrics
 
 pytestmark = pytest.mark.integration
+
+EVERY_SECOND = ("--checkpointing_interval=1000",)
+# Flink takes a job's first checkpoint after a random delay between the minimum pause and the interval: both an hour.
+HOURLY = ("--checkpointing_interval=3600000", "--min_pause_between_checkpoints=3600000")
 
 START_S = 240
 SETTLE_S = 240
@@ -63,6 +82,29 @@ class Cluster:
     def restarts(self) -> list[int]:
         return [self.flink.restarts(j["id"]) for j in self.flink.jobs() if j["id"] not in self.before]
 
+    def source_metrics(self) -> dict[str, int]:
+        """The pull source's counters and gauge in our running job, summed over subtasks, as Flink's REST API reports
+        them: Beam's metrics of a stage are metrics of its Flink operator, ``<subtask>.<operator>.<namespace>_<name>``
+        (seen: ``0.[10]{ReadRecords__StreamingAnalytics__WriteDeadLetters}.realtime_analytics_pubsub_messages_pulled``).
+        """
+        wanted = {f".{metrics.NAMESPACE}_{name}": name for name in (*SOURCE_COUNTERS, SOURCE_GAUGE)}
+        values = dict.fromkeys(wanted.values(), 0)
+        for job in self.flink.jobs():
+            if job["id"] in self.before or job.get("status") != "RUNNING":
+                continue
+            for vertex in self.flink.job(job["id"])["vertices"]:
+                path = f"/jobs/{job['id']}/vertices/{vertex['id']}/metrics"
+                ids = [m["id"] for m in _rest(self.flink, path) if any(m["id"].endswith(w) for w in wanted)]
+                for found in _rest(self.flink, f"{path}?get={','.join(ids)}") if ids else []:
+                    name = next(n for w, n in wanted.items() if found["id"].endswith(w))
+                    values[name] += int(float(found["value"]))
+        return values
+
+
+def _rest(flink: FlinkCluster, path: str):
+    with urllib.request.urlopen(f"{flink.rest_url}{path}", timeout=10) as response:
+        return json.loads(response.read())
+
 
 @pytest.fixture
 def cluster(flink_cluster):
@@ -71,8 +113,10 @@ def cluster(flink_cluster):
     ours.cancel_ours()
 
 
-def runner(cluster: Cluster, pubsub_host: str, mark: str) -> tuple[str, ...]:
-    """The runner flags: the session cluster, checkpoints every second, restarts, and Python workers that talk to
+def runner(
+    cluster: Cluster, pubsub_host: str, mark: str, checkpoints: tuple[str, ...] = EVERY_SECOND
+) -> tuple[str, ...]:
+    """The runner flags: the session cluster, ``checkpoints``, restarts, and Python workers that talk to
     ``pubsub_host`` and carry ``mark`` in their environment."""
     environment = {
         "command": str(python_boot_command()),
@@ -81,7 +125,7 @@ def runner(cluster: Cluster, pubsub_host: str, mark: str) -> tuple[str, ...]:
     return (
         "--runner=FlinkRunner",
         f"--flink_master={cluster.flink.flink_master}",
-        "--checkpointing_interval=1000",
+        *checkpoints,
         "--number_of_execution_retries=5",
         "--execution_retry_delay=1000",
         "--environment_type=PROCESS",
@@ -208,6 +252,13 @@ def test_a_broken_message_on_the_cluster_is_dead_lettered_once_and_acknowledged(
         wait_for(lambda: set(proxy.acked) >= set(ids), SETTLE_S, "every message to be acknowledged")
         time.sleep(ACK_DEADLINE_S + 5)
         dead = read_rows(dead_letters)[1]
+        source = {
+            metrics.PUBSUB_MESSAGES_PULLED: len(ids),
+            metrics.PUBSUB_MESSAGES_ACKNOWLEDGED: len(ids),
+            metrics.PUBSUB_MESSAGES_RELEASED: 0,
+            metrics.PUBSUB_MESSAGES_OUTSTANDING: 0,
+        }
+        assert settled_value(cluster.source_metrics, source, 60) == source  # Flink reports every few seconds
     finally:
         stop(job, cluster)
         proxy.stop()
@@ -238,7 +289,8 @@ def test_a_killed_worker_on_the_cluster_loses_nothing_and_counts_every_message_o
         for pid in killed:
             os.kill(pid, signal.SIGKILL)  # this job's own worker processes, found by their marker
         killed_at = time.monotonic()
-        time.sleep(10)
+        # Flink notices at the next checkpoint ("SDK Harness connection lost") and restarts the job from the last one.
+        wait_for(lambda: any(cluster.restarts()), 120, "Flink to restart the job")
         load.stop()
         expected = traffic.expected()
         wait_for(lambda: final_counts(read_rows(aggregates)[1]) == expected, SETTLE_S, "exact counts")
@@ -261,3 +313,54 @@ def test_a_killed_worker_on_the_cluster_loses_nothing_and_counts_every_message_o
     ).emit()
     assert killed and any(restarts)
     assert final_counts(read_rows(aggregates)[1]) == expected
+
+
+def test_a_job_cancelled_on_the_cluster_before_a_checkpoint_acknowledges_nothing_and_a_restart_counts_exactly(
+    pubsub_emulator, cluster, names, tmp_path
+):
+    publisher, _subscriber, topics = names
+    traffic = Traffic(f"clc{topics['events'][-8:]}", WINDOW_S, duplicate_every=8, bad_every=10**9)
+    proxy = PubSubFaultProxy(pubsub_emulator.host).start()
+    first, second = tmp_path / "first", tmp_path / "second"
+    windows = (f"--window_size={WINDOW_S}", "--early_firing=1", "--allowed_lateness=600")
+    try:
+        hourly = runner(cluster, proxy.host, uuid.uuid4().hex, HOURLY)
+        job = start_job(hourly, topics["events_sub"], str(first / "agg"), str(first / "dlq"), *windows)
+        try:
+            wait_for(lambda: proxy.pulls > 0, START_S, "job 1 to pull")
+            ids = [publisher.publish(topics["events"], traffic.next()).result(timeout=30) for _ in range(60)]
+            expected = traffic.expected()
+            # Processed: the early panes (every second) hold every event...
+            wait_for(lambda: final_counts(read_rows(str(first / "agg"))[1]) == expected, SETTLE_S, "job 1's counts")
+            time.sleep(3)
+            assert not proxy.acked  # ...but no checkpoint completed, so nothing is acknowledged
+        finally:
+            stop(job, cluster)  # cancelled on the cluster: its Python worker goes with it, and its leases
+        cancelled_at = time.monotonic()
+        job = start_job(
+            runner(cluster, proxy.host, uuid.uuid4().hex),
+            topics["events_sub"],
+            str(second / "agg"),
+            str(second / "dlq"),
+            *windows,
+        )
+        try:
+            wait_for(lambda: final_counts(read_rows(str(second / "agg"))[1]) == expected, SETTLE_S, "job 2's counts")
+            recovered_s = time.monotonic() - cancelled_at
+            wait_for(lambda: set(proxy.acked) >= set(ids), SETTLE_S, "every message to be acknowledged")
+        finally:
+            stop(job, cluster)
+    finally:
+        proxy.stop()
+    FaultReport(
+        test="Pub/Sub on the Flink session cluster: job cancelled before its first checkpoint, then restarted",
+        load=f"{len(ids)} records ({traffic.duplicates} duplicate publishes)",
+        fault="job 1 processed every record (early panes complete) with no checkpoint, then was cancelled",
+        records_in=len(ids),
+        records_out=sum(count for count, _, _ in final_counts(read_rows(str(second / "agg"))[1]).values()),
+        dead_lettered=0,
+        duplicates=traffic.duplicates,
+        detail=f"job 2 had the exact counts {recovered_s:.0f} s after job 1 was cancelled",
+    ).emit()
+    assert final_counts(read_rows(str(second / "agg"))[1]) == expected
+    assert all(proxy.deliveries[i] == 2 for i in ids)  # to job 1 (never acknowledged), then to job 2

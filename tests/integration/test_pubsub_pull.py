@@ -33,10 +33,13 @@ from tests.integration.pubsub_jobs import (
     create_names,
     left_in,
     pull_all,
+    running_source_metrics,
+    settled_value,
     start_job,
 )
 from tests.integration.results import final_counts, wait_for
 from tests.integration.traffic import SteadyPublisher, Traffic
+from transforms import metrics
 
 pytestmark = pytest.mark.integration
 
@@ -178,6 +181,14 @@ def test_a_broken_message_is_dead_lettered_once_and_acknowledged(pubsub_emulator
         wait_for(lambda: set(proxy.acked) >= set(ids), SETTLE_S, "every message to be acknowledged")
         time.sleep(ACK_DEADLINE_S + 5)  # an unacknowledged message would be redelivered by now
         dead = read_rows(dead_letters)[1]
+        if runner == "prism":  # the embedded Flink's job server reports metrics once the job has ended
+            source = {
+                metrics.PUBSUB_MESSAGES_PULLED: len(ids),
+                metrics.PUBSUB_MESSAGES_ACKNOWLEDGED: len(ids),
+                metrics.PUBSUB_MESSAGES_RELEASED: 0,
+                metrics.PUBSUB_MESSAGES_OUTSTANDING: 0,
+            }
+            assert settled_value(lambda: running_source_metrics(job), source, 30) == source
     finally:
         job.stop()
         proxy.stop()
