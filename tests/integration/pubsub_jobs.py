@@ -22,8 +22,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability.api import beam_job_api_pb2
 from apache_beam.runners.portability.flink_runner import FlinkJarJobServer, FlinkRunner
 
+from pipelines import runners
 from pipelines.graph import build_pipeline
-from pipelines.runners import is_flink, local_runner
+from pipelines.spec import resolve
 from transforms import metrics
 
 T = TypeVar("T")
@@ -70,7 +71,7 @@ class Job:
 def start_job(runner: str | tuple[str, ...], source: str, sink: str, dead_letter_sink: str, *extra: str) -> Job:
     """Builds and starts the main job reading ``pubsub://source`` on ``runner`` (a RUNNERS key or the runner flags)."""
     runner_args = RUNNERS[runner] if isinstance(runner, str) else runner
-    options = PipelineOptions(
+    spec = resolve(
         [
             f"--source=pubsub://{source}",
             f"--sink={sink}",
@@ -80,14 +81,16 @@ def start_job(runner: str | tuple[str, ...], source: str, sink: str, dead_letter
             *runner_args,
         ]
     )
-    runner = local_runner(options, streaming=True)  # fills in the cached Prism / Flink job server jar
+    # What graph.new_pipeline does, but on Flink with a job server the test holds.
+    options = runners.beam_options(spec.runner, spec.argv)  # the cached Prism / Flink job server jar
+    engine = runners.runner_object(spec.runner)
     job_server = None
-    if is_flink(options):
+    if spec.runner.engine == runners.FLINK:
         job_server = FlinkJarJobServer(options)
-        runner = _FlinkRunnerWithServer(job_server)
+        engine = _FlinkRunnerWithServer(job_server)
     try:
-        pipeline = beam.Pipeline(runner=runner, options=options)
-        build_pipeline(pipeline, options)
+        pipeline = beam.Pipeline(runner=engine, options=options)
+        build_pipeline(pipeline, spec)
         return Job(pipeline, pipeline.run(), job_server)
     except BaseException:
         if job_server is not None:

@@ -1,7 +1,7 @@
 """Pub/Sub (pstest) on the Flink session cluster, with checkpoints every second: the pull source acknowledges a message
 once a completed checkpoint contains the bundle that read it.
 
-The TaskManager starts the Python workers (PROCESS environment, pipelines/boot.py); each job names its Pub/Sub
+The TaskManager starts the Python workers (PROCESS environment, pipelines/local_run/boot.py); each job names its Pub/Sub
 endpoint in that environment (``PUBSUB_EMULATOR_HOST``: pstest, or the fault proxy in front of it), plus a marker
 that identifies its own worker processes.
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.boot import python_boot_command
+from pipelines.local_run.boot import python_boot_command
 from pipelines.summary import read_rows
 from services import FlinkCluster
 from tests.integration.event_mix import expected_finals, mix, recent_window

@@ -9,6 +9,8 @@ from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner, Sw
 from apache_beam.runners.portability.flink_runner import FlinkRunner
 from apache_beam.runners.portability.prism_runner import PrismRunner
 
+from pipelines.runners import beam_options
+from pipelines.spec import resolve
 from transforms.io.pubsub import ReadPubSubRecords, has_native_pubsub_read, parse_pubsub_uri
 from transforms.io.pubsub_pull import PullSettings, PullSpec, _LaneClock, _Lanes, _LaneTracker, temporary_subscription
 
@@ -86,3 +88,14 @@ def test_the_frontier_follows_recent_pulls_and_advances_when_idle():
     assert clock.frontier_us(now=16.0, sample_s=10) == 998_000_000
     clock.saw(17.0, 999_500_000)
     assert clock.frontier_us(now=17.5, sample_s=10) == 999_500_000
+
+
+def test_prism_and_flink_with_checkpoints_read_pubsub_and_flink_finishes_bundles_before_a_checkpoint():
+    source = "--source=pubsub://projects/my-project/subscriptions/events"
+    assert resolve([source, "--runner=PrismRunner"]).runner.reads_pubsub
+    flink = resolve(
+        [source, "--runner=FlinkRunner", "--checkpointing_interval=1000", "--flink_job_server_jar=/job-server.jar"]
+    ).runner
+    assert flink.reads_pubsub
+    # The job server gets it as finishBundleBeforeCheckpointing (a declared option: Beam sends declared options only).
+    assert beam_options(flink, ("--runner=FlinkRunner",)).get_all_options()["finish_bundle_before_checkpointing"]
