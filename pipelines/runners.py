@@ -13,6 +13,7 @@ for Beam: the user's options are never written to.
 
 from __future__ import annotations
 
+import argparse
 import glob
 import json
 import logging
@@ -56,10 +57,10 @@ def is_prism(runner: str | None) -> bool:
 # checkpoint and replays the source, which may batch rows differently) get at-least-once appends.
 STABLE_RETRY_ENGINES = (FN_API_RUNNER, BUNDLE_BASED_DIRECT_RUNNER, PRISM, "DataflowRunner", "TestDataflowRunner")
 
-# Engines that can read Pub/Sub from Python: ReadFromPubSub expands to beam:transform:pubsub_read:v1, which only
-# Dataflow implements; the direct runner substitutes its own reader. Prism refuses it ("unimplemented features",
-# seen), Flink does not know the URN.
-PUBSUB_READ_ENGINES = (BUNDLE_BASED_DIRECT_RUNNER, FN_API_RUNNER, "DataflowRunner", "TestDataflowRunner")
+# Engines that can read Pub/Sub from Python: Dataflow and the direct runner with Beam's ReadFromPubSub, Prism and Flink
+# with the project's pull source (transforms/io/pubsub_pull.py: a splittable DoFn acknowledging through bundle
+# finalization). Others are refused: whether they finalize bundles is unknown.
+PUBSUB_READ_ENGINES = (BUNDLE_BASED_DIRECT_RUNNER, FN_API_RUNNER, PRISM, FLINK, "DataflowRunner", "TestDataflowRunner")
 
 
 def engine_for(runner: str | None, streaming: bool, cross_language: bool) -> str:
@@ -269,6 +270,15 @@ def prism_overrides(runner: RunnerSpec) -> dict[str, Any]:
 EMBEDDED_FLINK = ("[local]", "[auto]")
 
 
+class FlinkBundleOptions(PipelineOptions):
+    """Beam Java's ``FlinkPipelineOptions.finishBundleBeforeCheckpointing``, which Beam Python does not declare (the job
+    server receives declared options only). Set by ``flink_overrides``, not meant for the command line."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--finish_bundle_before_checkpointing", default=None, help=argparse.SUPPRESS)
+
+
 def flink_overrides(runner: RunnerSpec) -> dict[str, Any]:
     """``--runner=FlinkRunner``: the cached job server jar unless ``--flink_job_server_jar`` is given (so Beam never
     downloads one) with ``--flink_version`` naming the Flink it runs, and Python workers without Docker: LOOPBACK (in
@@ -289,6 +299,12 @@ def flink_overrides(runner: RunnerSpec) -> dict[str, Any]:
         overrides["flink_version"] = FLINK_VERSION
     if runner.job_name:
         overrides["job_name"] = runner.job_name
+    if "checkpointing_interval" in runner.flink:
+        # Every Python source starts from Impulse, whose stage runs one bundle: if a checkpoint starts during it, Beam's
+        # Flink runner keeps that bundle's output in the checkpoint and, the stage's input having ended, never emits
+        # it, so the source never starts (seen: the Pub/Sub pull source with 1 s checkpoints on the embedded Flink).
+        # Finishing bundles before the barrier emits it (and keeps bundle output out of checkpoints altogether).
+        overrides["finish_bundle_before_checkpointing"] = True
     if not runner.environment_type and runner.flink_master.strip() not in EMBEDDED_FLINK:
         overrides["environment_type"] = "PROCESS"
         config: dict[str, Any] = {"command": str(python_boot_command())}

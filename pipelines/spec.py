@@ -198,16 +198,19 @@ def resolve(argv: Sequence[str]) -> LaunchSpec:
         )
     engine = runners.engine_for(requested, streaming, cross_language)
     if scheme_of(source) == PUBSUB and engine not in runners.PUBSUB_READ_ENGINES:
-        runner = requested if engine != runners.PRISM or not runners.is_direct(requested) else "Prism"
         raise ConfigError(
-            f"--source: pubsub:// sources run on the direct runner and Dataflow, not on {runner}: Beam's Pub/Sub read "
-            "is a Dataflow-native transform (beam:transform:pubsub_read:v1) that other runners do not implement"
+            f"--source: pubsub:// sources run on the direct runner, Prism, Flink and Dataflow, not on {requested}"
         )
     _check_timestamp_source(_value(opts, "timestamp_source"), scheme_of(source))
     flink = _flink_settings(opts, requested)
     flink_version = options.view_as(FlinkRunnerOptions).flink_version if _given(argv, "--flink_version") else None
     if engine == runners.FLINK and flink_version is not None:
         _check_flink_version(flink_version, options.view_as(FlinkRunnerOptions).flink_job_server_jar)
+    if scheme_of(source) == PUBSUB and engine == runners.FLINK and "checkpointing_interval" not in flink:
+        raise ConfigError(
+            "--checkpointing_interval: a pubsub:// source on Flink acknowledges messages when a checkpoint completes; "
+            "give --checkpointing_interval (milliseconds, e.g. 10000)"
+        )
     checkpointing = [name for name in flink if name in FLINK_CHECKPOINTING]
     if checkpointing and not streaming:
         raise ConfigError(f"--{checkpointing[0]} applies to streaming jobs (a batch job on Flink reruns from start)")

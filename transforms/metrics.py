@@ -33,6 +33,12 @@ BIGQUERY_ROWS_APPENDED = "bigquery_rows_appended"
 BIGQUERY_ROWS_ALREADY_WRITTEN = "bigquery_rows_already_written"
 BIGQUERY_APPEND_RETRIES = "bigquery_append_retries"
 
+# The Pub/Sub pull source (Prism, Flink: transforms/io/pubsub_pull.py), counted by the source itself, per subscription
+# read. Acknowledgements happen between bundles; each bundle reports those since the one before.
+PUBSUB_MESSAGES_PULLED = "pubsub_messages_pulled"  # delivered by Pull, redeliveries included
+PUBSUB_MESSAGES_ACKNOWLEDGED = "pubsub_messages_acknowledged"  # acknowledged once the runner committed their bundle
+PUBSUB_MESSAGES_RELEASED = "pubsub_messages_released"  # handed back for redelivery (nack) instead of acknowledged
+
 # --- distributions (milliseconds) ---------------------------------------------------------------------------------
 LATENCY_ARRIVAL_TO_EMIT_MS = "latency_arrival_to_emit_ms"  # source timestamp of a record -> its aggregate row emitted
 LATENCY_EVENT_TO_EMIT_MS = "latency_event_to_emit_ms"  # event time of a record -> its aggregate row emitted
@@ -42,6 +48,9 @@ LATENCY_BUCKETS_MS = (100, 250, 500, 1000, 2000, 3000, 5000, 10_000, 30_000, 60_
 
 # --- gauges -------------------------------------------------------------------------------------------------------
 FRESHNESS_LAG_MS = "freshness_lag_ms"  # processing time - end of the newest window emitted
+# Pulled by the Pub/Sub pull source and not yet acknowledged or released, in the worker process of the bundle that
+# reported last (not the subscription's backlog: that is Cloud Monitoring's num_undelivered_messages).
+PUBSUB_MESSAGES_OUTSTANDING = "pubsub_messages_outstanding"
 
 
 def records_read_from(scheme: str) -> str:

@@ -9,7 +9,7 @@
 - ``PubSubFaultProxy``: a gRPC proxy in front of the Pub/Sub emulator. It forwards every unary call as raw bytes;
   while ``drop_acks`` is on it answers ``Acknowledge`` with OK without forwarding it, so the emulator redelivers
   those messages when their ack deadline expires, exactly as after a lost ack. It counts how often each message
-  id was delivered through ``Pull``.
+  id was delivered through ``Pull`` and how often an ``Acknowledge`` for it reached the emulator.
 """
 
 from __future__ import annotations
@@ -211,7 +211,10 @@ class PubSubFaultProxy:
         self._drop_acks = False
         self.acks_dropped = 0
         self.deliveries: Counter = Counter()  # message id -> times delivered through Pull
+        self.acked: Counter = Counter()  # message id -> Acknowledge calls forwarded for it
+        self.pulls = 0  # Pull calls answered
         self.data: dict[str, bytes] = {}  # message id -> its data
+        self._message_of: dict[str, str] = {}  # ack id -> message id
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         self._server.add_generic_rpc_handlers([_Forwarder(self)])
         self._port = self._server.add_insecure_port("127.0.0.1:0")
@@ -261,10 +264,16 @@ class PubSubFaultProxy:
         except grpc.RpcError as exc:
             context.abort(exc.code(), exc.details())
         if method == _PULL:
-            messages = [m.message for m in PullResponse.deserialize(response).received_messages]
+            received = PullResponse.deserialize(response).received_messages
             with self._lock:
-                self.deliveries.update(m.message_id for m in messages)
-                self.data.update((m.message_id, m.data) for m in messages)
+                self.pulls += 1
+                self.deliveries.update(r.message.message_id for r in received)
+                self.data.update((r.message.message_id, r.message.data) for r in received)
+                self._message_of.update((r.ack_id, r.message.message_id) for r in received)
+        elif method == _ACKNOWLEDGE:
+            with self._lock:
+                ack_ids = AcknowledgeRequest.deserialize(request).ack_ids
+                self.acked.update(self._message_of[a] for a in ack_ids if a in self._message_of)
         return response
 
 

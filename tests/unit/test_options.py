@@ -57,8 +57,8 @@ BAD = [
     (["--source=synthetic://?start=yesterday"], "--source"),
     (["--source=synthetic://?events"], "--source"),
     (["--source=pubsub://projects/x"], "--source"),
-    (["--source=pubsub://projects/my-project/subscriptions/events", "--runner=PrismRunner"], "--source"),
-    (["--source=pubsub://projects/my-project/topics/events", "--runner=FlinkRunner"], "--source"),
+    (["--source=pubsub://projects/my-project/subscriptions/events", "--runner=SparkRunner"], "--source"),
+    (["--source=pubsub://projects/my-project/topics/events", "--runner=FlinkRunner"], "--checkpointing_interval"),
     (["--source=kafka://127.0.0.1:1/events"], "--source"),  # the start-up check: no broker answers there
     (["--dead_letter_sink=kafka://127.0.0.1:9092/dlq"], "--dead_letter_sink"),  # a replay (the demo) cannot run Java
     (["--source=synthetic://?events=5&mode=replay", "--runner=PrismRunner"], "--source"),  # TestStream: direct only

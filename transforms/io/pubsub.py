@@ -1,10 +1,14 @@
 """Google Cloud Pub/Sub: records in from a subscription or topic, dead letters out to a topic.
 
 ``pubsub://projects/P/subscriptions/S`` reads an existing subscription; ``pubsub://projects/P/topics/T`` reads a
-topic through a temporary subscription (created by the runner, deleted when the job ends). The client honours
-``PUBSUB_EMULATOR_HOST``, so the same code talks to the local emulator in tests and to Google in production.
-Each record keeps ``message_id``, ``attributes`` and ``publish_time`` for its dead letter; its arrival time (the
-element timestamp) is the publish time.
+topic through a temporary subscription. The client honours ``PUBSUB_EMULATOR_HOST``, so the same code talks to the
+local emulator in tests and to Google in production. Each record keeps ``message_id``, ``attributes`` and
+``publish_time`` for its dead letter; its arrival time (the element timestamp) is the publish time.
+
+Dataflow and the direct runner read with Beam's ``ReadFromPubSub`` (Dataflow's native read; the direct runner's
+substitute); every other runner (Prism, Flink) with ``PullFromPubSub`` (transforms/io/pubsub_pull.py), which
+acknowledges a message only once the runner has committed the bundle that read it. ``has_native_pubsub_read`` is
+the one place that chooses.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import orjson
 from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub, WriteToPubSub
 
 from transforms.io.gcp import PROJECT_ID
+from transforms.io.pubsub_pull import PullFromPubSub
 from transforms.records import SourceRecord
 from transforms.timefmt import format_rfc3339_us
 
@@ -70,6 +75,17 @@ def message_metadata(message: PubsubMessage) -> dict[str, Any]:
     }
 
 
+# Runners with a Pub/Sub read of their own: Dataflow implements beam:transform:pubsub_read:v1 natively (acking when
+# its shuffle has persisted the messages) and the direct runner replaces it with a Python reader (acking on pull).
+NATIVE_READ_RUNNERS = ("DataflowRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
+
+
+def has_native_pubsub_read(runner: object) -> bool:
+    """Whether ``runner`` (a Beam runner object; subclasses such as TestDataflowRunner included) executes Beam's own
+    Pub/Sub read. Every other runner gets ``PullFromPubSub``."""
+    return any(cls.__name__ in NATIVE_READ_RUNNERS for cls in type(runner).__mro__)
+
+
 class ReadPubSubRecords(beam.PTransform):
     """Pub/Sub messages -> SourceRecords (payload = message data), timestamped by publish time."""
 
@@ -79,11 +95,14 @@ class ReadPubSubRecords(beam.PTransform):
 
     def expand(self, pbegin):
         ref = self._ref
-        read = (
-            ReadFromPubSub(topic=ref.path, with_attributes=True)
-            if ref.is_topic
-            else ReadFromPubSub(subscription=ref.path, with_attributes=True)
-        )
+        if has_native_pubsub_read(pbegin.pipeline.runner):
+            read = (
+                ReadFromPubSub(topic=ref.path, with_attributes=True)
+                if ref.is_topic
+                else ReadFromPubSub(subscription=ref.path, with_attributes=True)
+            )
+        else:
+            read = PullFromPubSub(topic=ref.path) if ref.is_topic else PullFromPubSub(subscription=ref.path)
         source = ref.path
         return (
             pbegin
