@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pipelines.jars import JAVA_17_EXPORTS, JAVA_17_OPENS
 from services import cache
-from services._process import LOCALHOST, port_open
+from services._process import LOCALHOST, ServiceError, port_open
 from services._service import LocalService
 
 if TYPE_CHECKING:
@@ -57,6 +57,14 @@ env.java.opts: {java_opts}
 classloader.check-leaked-classloader: false
 """
 
+# Flink's Prometheus reporter (plugins/metrics-prometheus of the distribution) serves /metrics over HTTP. Both processes
+# read this file: each takes the first of the two ports that is still free, so one serves the JobManager's metrics and
+# the other the TaskManager's (docs/operations.md, "Metrics on Flink").
+_PROMETHEUS_REPORTER = """\
+metrics.reporter.prom.factory.class: org.apache.flink.metrics.prometheus.PrometheusReporterFactory
+metrics.reporter.prom.port: {prometheus_1},{prometheus_2}
+"""
+
 # Exits (and takes the other process with it) as soon as either Flink process ends.
 _SUPERVISOR = """\
 trap 'kill 0' EXIT
@@ -70,8 +78,9 @@ class FlinkCluster(LocalService):
     """A Flink session cluster on 127.0.0.1; ``flink_master`` is the value for Beam's ``--flink_master``."""
 
     name: ClassVar[str] = "flink"
-    port_names: ClassVar[tuple[str, ...]] = ("rest", "rpc")
-    fixed_ports: ClassVar[dict[str, int]] = {"rest": 18081, "rpc": 16123}
+    # prometheus_1/_2: the metrics reporter's two ports (see _PROMETHEUS_REPORTER).
+    port_names: ClassVar[tuple[str, ...]] = ("rest", "rpc", "prometheus_1", "prometheus_2")
+    fixed_ports: ClassVar[dict[str, int]] = {"rest": 18081, "rpc": 16123, "prometheus_1": 19249, "prometheus_2": 19250}
     startup_timeout: ClassVar[float] = 120.0
     stop_grace: ClassVar[float] = 20.0
 
@@ -124,6 +133,7 @@ class FlinkCluster(LocalService):
                 taskmanager_memory=self.taskmanager_memory,
                 java_opts=_JAVA_17_OPTS,
             )
+            + _PROMETHEUS_REPORTER.format(**self._ports)
         )
         # The foreground scripts log through log4j-console.properties: to stdout, i.e. this service's log file.
         shutil.copy(cache.FLINK_HOME / "conf" / "log4j-console.properties", conf)
@@ -191,6 +201,14 @@ class FlinkCluster(LocalService):
                 with urllib.request.urlopen(request, timeout=10):
                     cancelled.append(job["id"])
         return cancelled
+
+    @property
+    def metrics_targets(self) -> list[str]:
+        """Where Prometheus scrapes the JobManager's and the TaskManager's metrics (``host:port`` each)."""
+        names = ("prometheus_1", "prometheus_2")
+        if not all(name in self._ports for name in names):
+            raise ServiceError(f"[{self.name}] this cluster runs without the Prometheus reporter: restart it")
+        return [f"{LOCALHOST}:{self._ports[name]}" for name in names]
 
     def addresses(self) -> dict[str, str]:
         return {"rest": self.rest_url, "flink_master": self.flink_master, "rpc": f"{LOCALHOST}:{self._ports['rpc']}"}
