@@ -5,7 +5,8 @@ checked against what was produced.
 The load comes in rounds (a counter's first value gives rate() nothing; later rounds give it increases), each round
 the same known mix with fresh event ids: valid events, one duplicate, one malformed, one ill-typed and one
 ill-encoded record, one event beyond the allowed lateness. 4 of 9 records are dead letters, far above
-DeadLetterRatioCritical's 20 %: that alert must fire, and no other alert may fire for the job.
+DeadLetterRatioCritical's 20 %: that alert must fire, and no other alert may fire for the job. Then the job's Python
+workers are killed: Flink restarts the job and FlinkJobRestarted must fire.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import uuid
 from collections import Counter
 
 import apache_beam as beam
+import psutil
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines.boot import PYTHON_MAIN
 from pipelines.graph import build_pipeline
 from pipelines.runners import local_runner
 from services.kafka import create_topics
@@ -99,6 +102,20 @@ def _values(prometheus, promql: str) -> dict[tuple, float]:
 def _total(prometheus, name: str, job: str) -> float | None:
     rows = _values(prometheus, f'sum({P}{name}{{job_name="{job}"}})')
     return next(iter(rows.values())) if rows else None
+
+
+def _python_workers_of(job_name: str) -> list[psutil.Process]:
+    """The Beam Python SDK worker processes of this job only (their PIPELINE_OPTIONS name it): never another job's."""
+    workers = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if PYTHON_MAIN in " ".join(process.info["cmdline"] or ()) and job_name in process.environ().get(
+                "PIPELINE_OPTIONS", ""
+            ):
+                workers.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return workers
 
 
 def test_dashboard_and_alerts_against_a_live_flink_job(kafka_broker, flink_cluster, prometheus, tmp_path):
@@ -206,5 +223,18 @@ def test_dashboard_and_alerts_against_a_live_flink_job(kafka_broker, flink_clust
         wait_for(lambda: states().get(MUST_FIRE) == "firing", timeout_s=150, what=f"{MUST_FIRE} firing for {job}")
         assert set(states()) <= {MUST_FIRE, *MAY_BE_PENDING}
         assert all(state == "pending" for name, state in states().items() if name in MAY_BE_PENDING)
+
+        # ---- a restart fires FlinkJobRestarted: kill this job's Python workers, send a round so a bundle finds out --
+        workers = _python_workers_of(job_name)
+        assert workers, f"no Python SDK worker of {job_name} found"
+        for worker in workers:
+            worker.kill()
+        payloads, _ = _round(ROUNDS, window_a)
+        produce(bootstrap, topic, payloads)
+        wait_for(
+            lambda: states().get("FlinkJobRestarted") == "firing", timeout_s=120, what=f"FlinkJobRestarted for {job}"
+        )
+        restarts = _values(prometheus, f'job_name:flink_job_restarts:15m{{job_name="{job}"}}')
+        assert list(restarts.values()) and all(v >= 1 for v in restarts.values())
     finally:
         result.cancel()
