@@ -42,12 +42,13 @@ VARIANTS = {
         Variant("beam1", "Beam batch, DirectRunner, 1 worker (in process)", ("beam", "--workers", "1")),
         Variant("beam2", "Beam batch, DirectRunner, 2 worker processes", ("beam", "--workers", "2")),
         Variant("beam1_nodedup", "Beam batch, 1 worker, dedup off (memory reference)", ("beam", "--no-dedup")),
+        Variant("direct_replay", "Beam streaming, DirectRunner, replay of 20,000 records", ("direct_replay",)),
         Variant("flink", "Beam streaming, Flink, from Kafka", ("flink",)),
     )
 }
 CHECKED = ("records_read", "events_valid", "dead_letters", "duplicates", "aggregate_rows")
 # Measured once (first size, first run): independent of the batch input, and minutes long.
-ONCE = ("flink",)
+ONCE = ("flink", "direct_replay")
 
 
 @dataclass

@@ -78,7 +78,7 @@ def _import_before_the_clock(variant: str) -> None:
     """Interpreter and import time is not the job's: load what the variant uses first."""
     if variant == "plain":
         import benchmarks.plain_loop  # noqa: F401
-    elif variant == "beam":
+    elif variant in ("beam", "direct_replay"):
         import pipelines.streaming_analytics  # noqa: F401
 
 
@@ -89,22 +89,35 @@ WORKER_FLAGS = {
 }
 
 
-def _without_dedup() -> None:
-    """The job with dedup switched off (no option does that): shows what memory the rest of the job needs."""
-    import dataclasses
+def _beam_without_dedup(path: str, work: str, workers: str) -> dict[str, Any]:
+    """The job's graph without its dedup step (benchmarks/graphs.py), on the direct runner as the CLI runs it."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines import graph
+    from benchmarks.graphs import WithoutDedup
+    from pipelines.runners import local_runner
+    from pipelines.summary import counters as counters_of
+    from transforms.analytics import AGGREGATES, DEAD_LETTERS, AnalyticsConfig
+    from transforms.batching import GC_THRESHOLDS
+    from transforms.io import ReadRecords, WriteRows
 
-    configured = graph.analytics_config
-    graph.analytics_config = lambda options: dataclasses.replace(configured(options), dedup_impl="off")
+    options = PipelineOptions(WORKER_FLAGS[workers])
+    pipeline = beam.Pipeline(runner=local_runner(options, streaming=False), options=options)
+    outputs = pipeline | "ReadRecords" >> ReadRecords(path) | WithoutDedup(AnalyticsConfig(gc_thresholds=GC_THRESHOLDS))
+    _ = outputs[AGGREGATES] | "WriteAggregates" >> WriteRows(f"{work}/aggregates")
+    _ = outputs[DEAD_LETTERS] | "WriteDeadLetters" >> WriteRows(f"{work}/dead_letter")
+    result = pipeline.run()
+    result.wait_until_finish()
+    found = counters_of(result)
+    names = ("records_read", "events_valid", "dead_letters", "duplicates", "aggregate_rows")
+    return {"counters": {name: found.get(name, 0) for name in names}}
 
 
 def _beam(path: str, work: str, workers: str, dedup: bool = True) -> dict[str, Any]:
     from pipelines.streaming_analytics import run
 
     if not dedup:
-        _without_dedup()
-
+        return _beam_without_dedup(path, work, workers)
     summary = run(
         [f"--source={path}", f"--sink={work}/aggregates", f"--dead_letter_sink={work}/dead_letter"]
         + WORKER_FLAGS[workers]
@@ -113,6 +126,21 @@ def _beam(path: str, work: str, workers: str, dedup: bool = True) -> dict[str, A
         name: summary.counters.get(name, 0)
         for name in ("records_read", "events_valid", "dead_letters", "duplicates", "aggregate_rows")
     }
+    counters["conserved"] = int(summary.conserved())
+    return {"counters": counters}
+
+
+# The DirectRunner's streaming engine on a replayed stream (TestStream, simulated clock): the embedded demo's mix,
+# 20,000 records arriving at 20 per second of simulated time (1,000 s: 100 replay steps of 10 s).
+REPLAY = "synthetic://bench?mode=replay&events=20000&rate=20&keys=50&users=5000&bad=0.02&duplicates=0.02&late=0.02"
+
+
+def _direct_replay(work: str) -> dict[str, Any]:
+    from pipelines.streaming_analytics import run
+
+    summary = run([f"--source={REPLAY}", f"--sink={work}/aggregates", f"--dead_letter_sink={work}/dead_letter"])
+    names = ("records_read", "events_valid", "dead_letters", "duplicates", "aggregate_rows")
+    counters = {name: summary.counters.get(name, 0) for name in names}
     counters["conserved"] = int(summary.conserved())
     return {"counters": counters}
 
@@ -126,7 +154,11 @@ def measure(variant: str, path: str, workers: str = "1", dedup: bool = True, fas
             from benchmarks.flink import measure_flink
 
             return measure_flink(path)
-        job = {"plain": lambda: _plain(path, work), "beam": lambda: _beam(path, work, workers, dedup)}[variant]
+        job = {
+            "plain": lambda: _plain(path, work),
+            "beam": lambda: _beam(path, work, workers, dedup),
+            "direct_replay": lambda: _direct_replay(work),
+        }[variant]
         _import_before_the_clock(variant)
         cpu, started = _cpu_seconds(), time.perf_counter()
         with PeakRss() as rss:
@@ -138,8 +170,8 @@ def measure(variant: str, path: str, workers: str = "1", dedup: bool = True, fas
 
 def _measure_parse_validate(path: str, fast_path: str = "auto") -> dict[str, Any]:
     """Parse + validate alone: the lines are read first, then BatchParser (fast path + reference) runs, timed."""
-    from transforms.batched import BatchParser
     from transforms.io.files import read_line_range
+    from transforms.parse_validate import BatchParser
     from transforms.records import RecordBatch
 
     batches = [RecordBatch(path, lines) for lines in read_line_range(path, 0, os.path.getsize(path))]
@@ -169,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     from transforms.fast_json import IMPLEMENTATIONS
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.measure")
-    parser.add_argument("variant", choices=["plain", "parse_validate", "beam", "flink"])
+    parser.add_argument("variant", choices=["plain", "parse_validate", "beam", "direct_replay", "flink"])
     parser.add_argument("path")
     parser.add_argument("--workers", default="1", choices=sorted(WORKER_FLAGS))
     parser.add_argument("--no-dedup", dest="dedup", action="store_false", help="beam: without the dedup step")
@@ -180,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         help="parse_validate: the JSON fast path (auto: the C scanner, then msgspec; or either alone)",
     )
     args = parser.parse_args(argv)
-    if not Path(args.path).exists():
+    if args.variant != "direct_replay" and not Path(args.path).exists():  # the replay generates its own input
         print(f"error: no such input file: {args.path}", file=sys.stderr)
         return 2
     print(json.dumps(measure(args.variant, args.path, args.workers, args.dedup, args.fast_path)))

@@ -1,22 +1,29 @@
 """Per (window, event_type, key) aggregates: count, exact value sum, HLL++ distinct users, pane metadata.
 
-``value_sum`` is exact up to the final rounding (integers summed as integers, floats as Shewchuk partials), so
-the result does not depend on bundle boundaries or merge order: batch and streaming agree to the bit.
+``Accumulator`` sums rows (pre-aggregated per bundle by ``windowing.WindowEvents``); ``WindowedAggregates`` merges
+the partials per window and group and writes one row per pane. ``value_sum`` is exact up to the final rounding
+(integers summed as integers, floats as Shewchuk partials), so the result does not depend on bundle boundaries,
+batches or merge order: batch and streaming agree to the bit.
 """
 
 from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from fractions import Fraction
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
+from apache_beam.coders import VarIntCoder
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import GlobalWindows, IntervalWindow
+from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
 
-from transforms.metrics import NAMESPACE as METRICS_NAMESPACE
-from transforms.records import Event
+from transforms import metrics
+from transforms.records import ARRIVAL_US, EVENT_TIME_US, EVENT_TYPE, KEY, USER_ID, VALUE, Row
 from transforms.sketch import DistinctSketch
 from transforms.timefmt import format_rfc3339_us, now_us
 
@@ -67,33 +74,30 @@ def exact_partials(values: list[float], limit: int = 8) -> list[float] | None:
 
 
 class Accumulator:
-    """Partial aggregate; picklable (Beam pickles combiner accumulators between stages)."""
+    """Partial aggregate; picklable (Beam pickles combiner accumulators between stages).
 
-    __slots__ = ("count", "int_sum", "float_partials", "sketch")
+    Besides the aggregate itself it keeps the newest arrival and event time it holds, for the latency metrics.
+    """
+
+    __slots__ = ("count", "int_sum", "float_partials", "sketch", "newest_arrival_us", "newest_event_us")
 
     def __init__(self) -> None:
         self.count = 0
         self.int_sum = 0
         self.float_partials: list[float] = []
         self.sketch = DistinctSketch()
+        self.newest_arrival_us = _NONE_YET
+        self.newest_event_us = _NONE_YET
 
-    def add(self, event: Event) -> None:
-        self.count += 1
-        value = event.value
-        if type(value) is int:
-            self.int_sum += value
-        else:
-            add_float(self.float_partials, value)
-        self.sketch.add(event.user_id)
-
-    def add_rows(self, rows: list[tuple]) -> None:
-        """``add`` for many events at once, as rows (event_id, event_time_us, event_type, key, user_id, value).
-
-        The same result as adding them one by one: the integer sum and the exact sum of the floats do not depend on
-        order or grouping.
-        """
+    def add_rows(self, rows: Sequence[Row]) -> None:
+        """Adds events, as rows (``records.Row``). The result does not depend on order or grouping: the integer sum
+        and the exact sum of the floats do not."""
+        if not rows:
+            return
         self.count += len(rows)
-        values = [row[5] for row in rows]
+        self.newest_arrival_us = max(self.newest_arrival_us, max(row[ARRIVAL_US] for row in rows))
+        self.newest_event_us = max(self.newest_event_us, max(row[EVENT_TIME_US] for row in rows))
+        values = [row[VALUE] for row in rows]
         floats = [value for value in values if type(value) is float]
         if not floats:
             self.int_sum += sum(values)
@@ -103,10 +107,12 @@ class Accumulator:
             parts = exact_partials(floats)
             for value in floats if parts is None else parts:
                 add_float(self.float_partials, value)
-        self.sketch.add_all([row[4] for row in rows])
+        self.sketch.add_all([row[USER_ID] for row in rows])
 
     def merge(self, other: Accumulator) -> None:
         self.count += other.count
+        self.newest_arrival_us = max(self.newest_arrival_us, other.newest_arrival_us)
+        self.newest_event_us = max(self.newest_event_us, other.newest_event_us)
         self.int_sum += other.int_sum
         for partial in other.float_partials:
             add_float(self.float_partials, partial)
@@ -122,29 +128,55 @@ class Accumulator:
             return math.inf if exact > 0 else -math.inf
 
     def __reduce__(self):
-        return (_rebuild_accumulator, (self.count, self.int_sum, self.float_partials, self.sketch.to_bytes()))
+        return (
+            _rebuild_accumulator,
+            (
+                self.count,
+                self.int_sum,
+                self.float_partials,
+                self.sketch.to_bytes(),
+                self.newest_arrival_us,
+                self.newest_event_us,
+            ),
+        )
 
 
-def _rebuild_accumulator(count: int, int_sum: int, partials: list[float], sketch: bytes) -> Accumulator:
+# Newest arrival / event time of an accumulator without events: before every real instant.
+_NONE_YET = -(1 << 63)
+
+
+def _rebuild_accumulator(
+    count: int, int_sum: int, partials: list[float], sketch: bytes, newest_arrival_us: int, newest_event_us: int
+) -> Accumulator:
     acc = Accumulator()
     acc.count, acc.int_sum, acc.float_partials = count, int_sum, list(partials)
     acc.sketch = DistinctSketch.from_bytes(sketch)
+    acc.newest_arrival_us, acc.newest_event_us = newest_arrival_us, newest_event_us
     return acc
 
 
-class AggregateFn(beam.CombineFn):
-    """Events -> (event_count, value_sum, distinct_users, sketch bytes)."""
+class AggregateResult(NamedTuple):
+    event_count: int
+    value_sum: float
+    distinct_users: int
+    sketch: bytes
+    newest_arrival_us: int  # of the events it holds: for the latency metrics
+    newest_event_us: int
+
+
+class MergeAggregatesFn(beam.CombineFn):
+    """Partial aggregates (Accumulators of pre-aggregated events) -> an ``AggregateResult``."""
 
     def create_accumulator(self) -> Accumulator:
         return Accumulator()
 
-    def add_input(self, acc: Accumulator, event: Event) -> Accumulator:
-        acc.add(event)
+    def add_input(self, acc: Accumulator, part: Accumulator) -> Accumulator:
+        acc.merge(part)
         return acc
 
-    def add_inputs(self, acc: Accumulator, events: Iterable[Event]) -> Accumulator:
-        for event in events:
-            acc.add(event)
+    def add_inputs(self, acc: Accumulator, parts: Iterable[Accumulator]) -> Accumulator:
+        for part in parts:
+            acc.merge(part)
         return acc
 
     def merge_accumulators(self, accumulators: Iterable[Accumulator]) -> Accumulator:
@@ -156,28 +188,22 @@ class AggregateFn(beam.CombineFn):
             merged.merge(acc)
         return merged
 
-    def extract_output(self, acc: Accumulator) -> tuple[int, float, int, bytes]:
-        return acc.count, acc.value_sum(), acc.sketch.estimate(), acc.sketch.to_bytes()
-
-
-class MergeAggregatesFn(AggregateFn):
-    """Partial aggregates (Accumulators of pre-aggregated slices) -> the same output as ``AggregateFn``."""
-
-    def add_input(self, acc: Accumulator, part: Accumulator) -> Accumulator:
-        acc.merge(part)
-        return acc
-
-    def add_inputs(self, acc: Accumulator, parts: Iterable[Accumulator]) -> Accumulator:
-        for part in parts:
-            acc.merge(part)
-        return acc
+    def extract_output(self, acc: Accumulator) -> AggregateResult:
+        return AggregateResult(
+            acc.count,
+            acc.value_sum(),
+            acc.sketch.estimate(),
+            acc.sketch.to_bytes(),
+            acc.newest_arrival_us,
+            acc.newest_event_us,
+        )
 
 
 def preaggregate(
-    rows: Iterable[tuple], slicing: tuple[int, int], into: dict[tuple, Accumulator] | None = None
+    rows: Iterable[Row], slicing: tuple[int, int], into: dict[tuple, Accumulator] | None = None
 ) -> dict[tuple, Accumulator]:
-    """Rows (event_id, event_time_us, event_type, key, user_id, value) -> {(slice start µs, event_type, key): acc},
-    added to the accumulators of ``into`` when given.
+    """Rows (``records.Row``) -> {(slice start µs, event_type, key): acc}, added to the accumulators of ``into``
+    when given.
 
     A slice (``windowing.slicer``: offset and step) is a stretch of event time whose instants all fall in the
     same windows, so one accumulator per slice lands in exactly the windows its events would have.
@@ -185,8 +211,8 @@ def preaggregate(
     offset, step = slicing
     members: dict[tuple, list[tuple]] = {}
     for row in rows:
-        when = row[1]
-        group = (when - (when - offset) % step, row[2], row[3])
+        when = row[EVENT_TIME_US]
+        group = (when - (when - offset) % step, row[EVENT_TYPE], row[KEY])
         held = members.get(group)
         if held is None:
             members[group] = [row]
@@ -210,11 +236,11 @@ _TIMING = {
 
 
 def aggregate_row(
-    group: GroupKey, result: tuple[int, float, int, bytes], window: Any, pane: PaneInfo, emitted_at_us: int
+    group: GroupKey, result: AggregateResult, window: Any, pane: PaneInfo, emitted_at_us: int
 ) -> dict[str, Any]:
     """The output row (``schemas/aggregates.bq.json``), JSON-ready: timestamps RFC 3339, bytes base64."""
     event_type, key = group
-    count, value_sum, distinct, sketch = result
+    count, value_sum, distinct, sketch = result[:4]
     return {
         "window_start": format_rfc3339_us(window.start.micros),
         "window_end": format_rfc3339_us(window.end.micros),
@@ -233,45 +259,124 @@ def aggregate_row(
 
 
 class _FormatRowDoFn(beam.DoFn):
+    """One row per window, group and pane, counted per pane timing; in streaming, the latency and freshness
+    metrics (transforms/metrics.py) of what each row reflects."""
+
     def __init__(self, bounded: bool) -> None:
         self._bounded = bounded
-        self._rows = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "aggregate_rows")
+        self._rows = metrics.counter(metrics.AGGREGATE_ROWS)
+        self._by_timing = {
+            timing: metrics.counter(metrics.aggregate_rows_with_timing(name)) for timing, name in _TIMING.items()
+        }
+        self._arrival_latency = metrics.distribution(metrics.LATENCY_ARRIVAL_TO_EMIT_MS)
+        self._event_latency = metrics.distribution(metrics.LATENCY_EVENT_TO_EMIT_MS)
+        self._freshness = metrics.gauge(metrics.FRESHNESS_LAG_MS)
+        self._newest_window_end_us = _NONE_YET
 
-    def process(
-        self,
-        element: tuple[GroupKey, tuple[int, float, int, bytes]],
-        window=beam.DoFn.WindowParam,
-        pane=beam.DoFn.PaneInfoParam,
-    ) -> Iterator[dict[str, Any]]:
-        if element[1][0] == 0:
+    def row(self, group: GroupKey, result: AggregateResult, window: Any, pane: PaneInfo) -> dict[str, Any] | None:
+        """The row of a pane, counted; None for an empty pane."""
+        if result[0] == 0:
             # An empty pane: no event of this group in it. In accumulating mode every real pane holds at least the
-            # group's first event, so this carries nothing; it happens when a runner fires a window's end-of-window
-            # and garbage-collection timers together after its state was cleared (Flink at the end of a bounded
-            # stream), and with Python's EMIT_ALWAYS closing behaviour such a firing emits an empty pane.
-            return
-        self._rows.inc()
+            # group's first event, so this carries nothing; a runner that closes a window whose state was already
+            # cleared (Flink at the end of a bounded stream) can fire one.
+            return None
         if self._bounded and not (pane.is_last and pane.timing == PaneInfoTiming.ON_TIME):
             # Bounded input gets exactly one pane per window and group, all on time, but runners do not all say so:
             # the FnApiRunner does not flag it last, Flink's batch mode gives no pane information at all (UNKNOWN).
-            pane = PaneInfo(True, True, PaneInfoTiming.ON_TIME, 0, 0)
-        yield aggregate_row(element[0], element[1], window, pane, now_us())
+            pane = _FINAL_PANE
+        emitted_at_us = now_us()
+        self._rows.inc()
+        self._by_timing[pane.timing].inc()
+        if not self._bounded:
+            self._arrival_latency.update((emitted_at_us - result.newest_arrival_us) // 1000)
+            self._event_latency.update((emitted_at_us - result.newest_event_us) // 1000)
+            self._newest_window_end_us = max(self._newest_window_end_us, window.end.micros)
+            self._freshness.set((emitted_at_us - self._newest_window_end_us) // 1000)
+        return aggregate_row(group, result, window, pane, emitted_at_us)
+
+    def process(
+        self,
+        element: tuple[GroupKey, AggregateResult],
+        window=beam.DoFn.WindowParam,
+        pane=beam.DoFn.PaneInfoParam,
+    ) -> Iterator[dict[str, Any]]:
+        row = self.row(element[0], element[1], window, pane)
+        if row is not None:
+            yield row
 
 
-def _group_key(event: Event) -> tuple[GroupKey, Event]:
-    return (event.event_type, event.key), event
+_FINAL_PANE = PaneInfo(True, True, PaneInfoTiming.ON_TIME, 0, 0)
+PaneKey = tuple[int, int, str, "str | None"]  # window start and end (µs), event_type, key
+
+
+def _with_its_pane(
+    element: tuple[GroupKey, AggregateResult], window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam
+) -> tuple[PaneKey, tuple]:
+    (event_type, key), result = element
+    pane_info = (pane.is_first, pane.is_last, pane.timing, pane.index, pane.nonspeculative_index)
+    return (window.start.micros, window.end.micros, event_type, key), (tuple(result), pane_info)
+
+
+class _FormatNewPanesDoFn(_FormatRowDoFn):
+    """Unbounded input: a LATE pane whose window and group got no event since the pane before is dropped.
+
+    In accumulating mode such a pane repeats the previous one. Runners emit one when a window expires although no
+    late data arrived: Prism always does (it ignores the windowing strategy's closing behaviour), and Beam Python
+    asks every runner for ``EMIT_ALWAYS``. The count of the last pane emitted is kept per window and group (in the
+    global window, which never merges, whatever the windows), until the window expires.
+    """
+
+    EMITTED = ReadModifyWriteStateSpec("emitted_count", VarIntCoder())
+    EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
+
+    def __init__(self, lateness_us: int) -> None:
+        super().__init__(bounded=False)
+        self._lateness_us = lateness_us
+
+    def process(
+        self,
+        element: tuple[PaneKey, tuple],
+        emitted=beam.DoFn.StateParam(EMITTED),
+        expiry=beam.DoFn.TimerParam(EXPIRY),
+    ) -> Iterator[dict[str, Any]]:
+        (start_us, end_us, event_type, key), (result, pane_info) = element
+        result = AggregateResult(*result)
+        pane = PaneInfo(*pane_info)
+        if pane.timing == PaneInfoTiming.LATE and emitted.read() == result.event_count:
+            return
+        window = IntervalWindow(Timestamp(micros=start_us), Timestamp(micros=end_us))
+        row = self.row((event_type, key), result, window, pane)
+        if row is None:
+            return
+        emitted.write(result.event_count)
+        expiry.set(Timestamp(micros=end_us + self._lateness_us))
+        yield row
+
+    @on_timer(EXPIRY)
+    def expire(self, emitted=beam.DoFn.StateParam(EMITTED)) -> None:
+        emitted.clear()
 
 
 class WindowedAggregates(beam.PTransform):
-    """Windowed Events -> one aggregate row per (window, event_type, key) and pane."""
+    """((event_type, key), partial Accumulator) in windows -> one aggregate row per (window, event_type, key) and
+    pane, in the global window (the row names its window).
 
-    def __init__(self, bounded: bool = False) -> None:
+    ``lateness_s`` (unbounded input): the windows' allowed lateness; a LATE pane that repeats the one before it is
+    dropped. None: bounded input, one final on-time pane per window and group.
+    """
+
+    def __init__(self, lateness_s: int | None = None) -> None:
         super().__init__()
-        self._bounded = bounded
+        self._lateness_s = lateness_s
 
-    def expand(self, events):
+    def expand(self, partials):
+        combined = partials | "Combine" >> beam.CombinePerKey(MergeAggregatesFn())
+        if self._lateness_s is None:
+            rows = combined | "ToRow" >> beam.ParDo(_FormatRowDoFn(bounded=True))
+            return rows | "GlobalWindow" >> beam.WindowInto(GlobalWindows())
         return (
-            events
-            | "KeyByTypeAndKey" >> beam.Map(_group_key)
-            | "Combine" >> beam.CombinePerKey(AggregateFn())
-            | "ToRow" >> beam.ParDo(_FormatRowDoFn(self._bounded))
+            combined
+            | "WithPane" >> beam.Map(_with_its_pane).with_output_types(tuple[tuple[int, int, str, str | None], Any])
+            | "GlobalWindow" >> beam.WindowInto(GlobalWindows())
+            | "ToRow" >> beam.ParDo(_FormatNewPanesDoFn((self._lateness_s + 1) * 1_000_000))
         )

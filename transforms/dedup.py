@@ -1,30 +1,52 @@
 """Dropping events whose ``event_id`` was already accepted within the dedup horizon (event time).
 
-Streaming: keyed state per ``event_id`` with one event-time expiry timer, so the state lives only until the
-watermark passes ``first event time + horizon``: memory is bounded by the ids seen per horizon, not by stream
-length. Bounded input: a GroupByKey on ``event_id`` with the same rule, many times faster on batch runners than
-per-key state and timers (and than Beam's ``DeduplicatePerKey``); docs/benchmarks.md has the figures.
+The rule (``is_duplicate``): the same id, and event times at most ``--dedup_horizon`` apart. The first copy to
+arrive is kept; copies of one id within one batch are taken in event-time order (ties by what the aggregates see),
+so within a batch the kept copy never depends on the order the records came in.
+
+One implementation for bounded and unbounded input, on every runner (``DeduplicateEvents``):
+
+- ``ShardByEventId``: a batch's rows go to one of ``DEDUP_SHARDS`` shards by a stable hash (CRC-32) of
+  ``event_id``, packed as one msgpack blob per batch and shard, so every copy of an id meets in one shard, whatever
+  batch, bundle or worker it came from.
+- ``KeepFirst``: keyed state per shard, in the runner's state backend (a Flink checkpoint holds it). Each blob costs
+  one state read (a token that changes with every write), one append to the shard's bag of (id, first seen) pairs
+  and, for unbounded input, one timer: not one read, write and timer per event. The ids live in the worker as a
+  dict per shard, rebuilt from the bag only when the token says the state changed elsewhere (another worker, a
+  retried bundle, a restored checkpoint).
+- Unbounded input: the state expires in event time. One watermark timer per shard fires at the first expiry
+  rounded up to a quarter of the horizon and drops the ids first seen more than a horizon before it, so the state
+  holds the ids of one horizon (plus a quarter) however long the stream runs. Bounded input keeps every id until
+  the end (its watermark only moves then), without timers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import os
+import pickle
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
+from typing import Any
 
 import apache_beam as beam
-from apache_beam.coders import VarIntCoder
-from apache_beam.transforms.deduplicate import DeduplicatePerKey
+import msgspec
+from apache_beam.coders import BytesCoder
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.utils.timestamp import Duration, Timestamp
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.utils.timestamp import Timestamp
 
 from transforms import dead_letter as dl
-from transforms.guard import dead_letter_on_error
-from transforms.metrics import NAMESPACE as METRICS_NAMESPACE
-from transforms.records import Event
+from transforms import metrics
+from transforms.guard import guarded
+from transforms.records import Row, RowBatch, row_record
 
 DEFAULT_DEDUP_HORIZON_S = 600
-DEDUP_IMPLS = ("auto", "state", "group", "beam", "off")
-UNIQUE = "unique"
+# Every copy of an id meets in one shard; more shards spread the work (and the state) over more workers.
+DEDUP_SHARDS = 32
+# The expiry timer fires at most this many times per horizon and shard (each firing rewrites the shard's state).
+EXPIRY_STEPS = 4
+_NEVER = 1 << 62
 
 
 def is_duplicate(first_seen_us: int | None, event_time_us: int, horizon_us: int) -> bool:
@@ -32,144 +54,200 @@ def is_duplicate(first_seen_us: int | None, event_time_us: int, horizon_us: int)
     return first_seen_us is not None and abs(event_time_us - first_seen_us) <= horizon_us
 
 
-# A valid event as the bounded-input dedup and the aggregates see it (transforms/batched.py).
-Row = tuple[str, int, str, "str | None", str, "int | float"]  # event_id, event_time_us, event_type, key, user_id, value
-
-
 def _row_order(row: Row) -> tuple:
-    """Copies of one id are taken in event-time order; ties by what the aggregates see, so the kept copy (and so the
-    result) never depends on arrival or bundle order. Copies equal in all of these are interchangeable."""
-    _, when, event_type, key, user_id, value = row
+    """Copies of one id in a batch are taken in event-time order; ties by what the aggregates see, so the kept copy
+    (and so the result) never depends on arrival order within the batch. Copies equal in all of these are
+    interchangeable."""
+    _, when, event_type, key, user_id, value = row[:6]
     return when, event_type, key is not None, key or "", user_id, value
 
 
-def keep_first_per_horizon(rows: list[Row], horizon_us: int) -> tuple[list[Row], int]:
-    """All rows of some ids (bounded input) -> (the rows kept, how many were duplicates); the order is kept.
-
-    Per id: the earliest copy is kept, later copies within the horizon of the last kept one are dropped.
-    """
-    first: dict[str, Row] = {}
-    repeats: list[Row] = []
+def keep_first(
+    rows: Sequence[Row], first_seen: dict[str, int], pending: dict[str, int], horizon_us: int
+) -> tuple[list[Row], int]:
+    """(the rows kept, how many were duplicates), judged against ``first_seen`` (the state) and ``pending`` (what
+    this element kept so far); the ids kept are added to ``pending`` (last, so a throw leaves it as it was)."""
+    if len(rows) > 1 and len({row[0] for row in rows}) < len(rows):
+        rows = sorted(rows, key=_row_order)
+    kept: list[Row] = []
+    new: dict[str, int] = {}
+    duplicates = 0
     for row in rows:
-        if first.setdefault(row[0], row) is not row:
-            repeats.append(row)
-    if not repeats:
-        return rows, 0
-    copies: dict[str, list[Row]] = {}
-    for row in repeats:
-        copies.setdefault(row[0], [first[row[0]]]).append(row)
-    dropped: set[int] = set()  # by identity: identical copies are equal tuples
-    for group in copies.values():
-        group.sort(key=_row_order)
-        first_seen = None
-        for row in group:
-            if is_duplicate(first_seen, row[1], horizon_us):
-                dropped.add(id(row))
+        event_id = row[0]
+        first = new.get(event_id)
+        if first is None:
+            first = pending.get(event_id)
+            if first is None:
+                first = first_seen.get(event_id)
+        if is_duplicate(first, row[1], horizon_us):
+            duplicates += 1
+        else:
+            new[event_id] = row[1]
+            kept.append(row)
+    pending.update(new)
+    return kept, duplicates
+
+
+def shard_of(event_id: str) -> int:
+    """Stable across processes and runs (``hash()`` of a str is not): every copy of an id meets in one shard."""
+    return zlib.crc32(event_id.encode("utf-8", "surrogatepass")) % DEDUP_SHARDS
+
+
+_PACKED_ROWS = tuple[str, list[tuple[str, int, str, str | None, str, int | float, int, bytes, dict | None]]]
+_rows_decoder = msgspec.msgpack.Decoder(_PACKED_ROWS)
+_seen_decoder = msgspec.msgpack.Decoder(list[tuple[str, int]])
+_encoder = msgspec.msgpack.Encoder()
+
+
+def pack_rows(batch: RowBatch) -> bytes:
+    try:
+        return _encoder.encode((batch.source, batch.rows))
+    except OverflowError:  # an integer value beyond 64 bits (valid up to the double range): pickle keeps it exact
+        return pickle.dumps((batch.source, batch.rows), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpack_rows(blob: bytes) -> RowBatch:
+    if blob[:1] == b"\x80":  # a pickle; a msgpack array of two starts with 0x92
+        return RowBatch(*pickle.loads(blob))
+    return RowBatch(*_rows_decoder.decode(blob))
+
+
+class _ShardDoFn(beam.DoFn):
+    def process(self, batch: RowBatch) -> Iterator[tuple[int, bytes]]:
+        shards: dict[int, list[Row]] = {}
+        for row in batch.rows:
+            shard = shard_of(row[0])
+            members = shards.get(shard)
+            if members is None:
+                shards[shard] = [row]
             else:
-                first_seen = row[1]
-    return [row for row in rows if id(row) not in dropped], len(dropped)
+                members.append(row)
+        for shard, members in shards.items():
+            yield shard, pack_rows(RowBatch(batch.source, members))
 
 
-class _DedupDoFn(beam.DoFn):
-    FIRST_SEEN = ReadModifyWriteStateSpec("first_seen_us", VarIntCoder())
+class _ShardIds:
+    """The ids of one shard as the worker holds them, and the state token they were read at."""
+
+    __slots__ = ("token", "first_seen", "earliest")
+
+    def __init__(self, token: bytes | None, first_seen: dict[str, int]) -> None:
+        self.token = token
+        self.first_seen = first_seen
+        self.earliest = min(first_seen.values(), default=_NEVER)
+
+
+class _KeepFirstDoFn(beam.DoFn):
+    SEEN = BagStateSpec("seen", BytesCoder())  # msgpack [(event_id, first seen µs), ...], one blob per write
+    TOKEN = ReadModifyWriteStateSpec("token", BytesCoder())  # new with every write to SEEN
     EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
 
-    def __init__(self, horizon_us: int) -> None:
+    def __init__(self, horizon_us: int, expire: bool) -> None:
         self._horizon_us = horizon_us
-        self._duplicates = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "duplicates")
+        self._expire = expire
+        self._step_us = max(horizon_us // EXPIRY_STEPS, 1_000_000)
+        self._duplicates = metrics.counter(metrics.DUPLICATES)
+        self._state_ids = metrics.counter(metrics.DEDUP_STATE_IDS)
 
-    @dead_letter_on_error(dl.STAGE_DEDUP, "DeduplicateEvents")
+    def setup(self) -> None:
+        self._shards: dict[int, _ShardIds] = {}
+
+    def _ids(self, shard: int, seen: Any, token: Any) -> _ShardIds:
+        current = token.read()
+        ids = self._shards.get(shard)
+        if ids is not None and ids.token == current:
+            return ids
+        first_seen: dict[str, int] = {}
+        for blob in seen.read():
+            first_seen.update(_seen_decoder.decode(blob))
+        ids = self._shards[shard] = _ShardIds(current, first_seen)
+        return ids
+
+    @staticmethod
+    def _write(ids: _ShardIds, entries: Iterable[tuple[str, int]], seen: Any, token: Any) -> None:
+        entries = list(entries)
+        if entries:
+            seen.add(_encoder.encode(entries))
+        ids.token = os.urandom(8)
+        token.write(ids.token)
+
+    def _expiry_at(self, first_seen_us: int) -> Timestamp:
+        due = first_seen_us + self._horizon_us
+        return Timestamp(micros=due + (-due) % self._step_us)
+
     def process(
         self,
-        element: tuple[str, Event],
-        first_seen=beam.DoFn.StateParam(FIRST_SEEN),
+        element: tuple[int, bytes],
+        seen=beam.DoFn.StateParam(SEEN),
+        token=beam.DoFn.StateParam(TOKEN),
         expiry=beam.DoFn.TimerParam(EXPIRY),
-    ) -> Iterator[Event]:
-        event = element[1]
-        if is_duplicate(first_seen.read(), event.event_time_us, self._horizon_us):
-            self._duplicates.inc()
-            return
-        first_seen.write(event.event_time_us)
-        expiry.set(Timestamp(micros=event.event_time_us + self._horizon_us))
-        yield event
+    ) -> Iterator[Any]:
+        shard, blob = element
+        batch = unpack_rows(blob)
+        ids = self._ids(shard, seen, token)
+        pending: dict[str, int] = {}
+        results, failed = guarded(
+            lambda rows: keep_first(rows, ids.first_seen, pending, self._horizon_us),
+            batch.rows,
+            partial(row_record, batch.source),
+            dl.STAGE_DEDUP,
+            "DeduplicateEvents",
+        )
+        for row in failed:
+            yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER_TAG, row)
+        duplicates = sum(result[1] for result in results)
+        if duplicates:
+            self._duplicates.inc(duplicates)
+        if pending:
+            added = sum(1 for event_id in pending if event_id not in ids.first_seen)
+            self._write(ids, pending.items(), seen, token)
+            ids.first_seen.update(pending)
+            if added:
+                self._state_ids.inc(added)
+            earliest = min(pending.values())
+            if self._expire and earliest < ids.earliest:
+                expiry.set(self._expiry_at(earliest))
+            ids.earliest = min(ids.earliest, earliest)
+        kept = results[0][0] if len(results) == 1 else [row for result in results for row in result[0]]
+        if kept:
+            yield RowBatch(batch.source, kept)
 
     @on_timer(EXPIRY)
-    def expire(self, first_seen=beam.DoFn.StateParam(FIRST_SEEN)) -> None:
-        first_seen.clear()
-
-
-def _row_of(event: Event) -> Row:
-    return event.event_id, event.event_time_us, event.event_type, event.key, event.user_id, event.value
-
-
-class _KeepFirstPerHorizonDoFn(beam.DoFn):
-    """All events of one id at once (bounded input): keep the earliest, drop repeats within the horizon."""
-
-    def __init__(self, horizon_us: int) -> None:
-        self._horizon_us = horizon_us
-        self._duplicates = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "duplicates")
-
-    @dead_letter_on_error(dl.STAGE_DEDUP, "DeduplicateEvents")
-    def process(self, element: tuple[str, Iterable[Event]]) -> Iterator[beam.window.TimestampedValue]:
-        events = list(element[1])
-        if len(events) > 1:
-            events.sort(key=lambda e: _row_order(_row_of(e)))
-        first_seen = None
-        for event in events:
-            if is_duplicate(first_seen, event.event_time_us, self._horizon_us):
-                self._duplicates.inc()
-                continue
-            first_seen = event.event_time_us
-            yield beam.window.TimestampedValue(event, Timestamp(micros=event.event_time_us))
-
-
-def _guarded(dofn: beam.DoFn, label: str) -> beam.PTransform:
-    """The DoFn with its ``dead_letter`` output; the ParDo inside gets an explicit label (docs/updating-jobs.md)."""
-    pardo = beam.ParDo(dofn).with_output_types(Event)
-    pardo.label = label
-    return pardo.with_outputs(dl.DEAD_LETTER_TAG, main=UNIQUE)
-
-
-def _outputs(guarded: beam.pvalue.DoOutputsTuple) -> dict[str, beam.PCollection]:
-    return {UNIQUE: guarded[UNIQUE], dl.DEAD_LETTER_TAG: guarded[dl.DEAD_LETTER_TAG]}
+    def expire(
+        self,
+        shard=beam.DoFn.KeyParam,
+        fired=beam.DoFn.TimestampParam,
+        seen=beam.DoFn.StateParam(SEEN),
+        token=beam.DoFn.StateParam(TOKEN),
+        expiry=beam.DoFn.TimerParam(EXPIRY),
+    ) -> None:
+        ids = self._ids(shard, seen, token)
+        cutoff = fired.micros - self._horizon_us
+        kept = {event_id: first for event_id, first in ids.first_seen.items() if first > cutoff}
+        expired = len(ids.first_seen) - len(kept)
+        seen.clear()
+        self._write(ids, kept.items(), seen, token)
+        ids.first_seen = kept
+        ids.earliest = min(kept.values(), default=_NEVER)
+        if kept:
+            expiry.set(self._expiry_at(ids.earliest))
+        if expired:
+            self._state_ids.dec(expired)
 
 
 class DeduplicateEvents(beam.PTransform):
-    """Timestamped Events -> ``{"unique": Events, "dead_letter": rows}``: repeats of an ``event_id`` (within the
-    horizon) dropped and counted; an event that makes the step throw is a dead letter (stage ``dedup``).
+    """RowBatches -> ``{"rows": RowBatches without the repeats of an event_id within the horizon (counted),
+    "dead_letter": rows}``. ``expire``: unbounded input, whose state expires with the horizon."""
 
-    The ``beam`` and ``off`` implementations (benchmarks only) have no ``dead_letter`` output.
-    """
-
-    def __init__(self, horizon_s: float = DEFAULT_DEDUP_HORIZON_S, impl: str = "auto", bounded: bool = False) -> None:
+    def __init__(self, horizon_s: float = DEFAULT_DEDUP_HORIZON_S, expire: bool = True) -> None:
         super().__init__()
-        if impl not in DEDUP_IMPLS:
-            raise ValueError(f"unknown dedup implementation {impl!r}; expected one of {', '.join(DEDUP_IMPLS)}")
-        self._horizon_s = horizon_s
         self._horizon_us = int(horizon_s * 1_000_000)
-        self._impl = impl if impl != "auto" else ("group" if bounded else "state")
+        self._expire = expire
 
-    def expand(self, events):
-        if self._impl == "off":
-            return {UNIQUE: events}
-        if self._impl == "group":
-            # Bounded input: the watermark moves only at the end, so no expiry timer could fire before then. A
-            # plain GroupByKey (no per-key state or timer calls) does the same job many times faster.
-            return _outputs(
-                events
-                | "KeyByEventId" >> beam.Map(lambda e: (e.event_id, e)).with_output_types(tuple[str, Event])
-                | "GroupById" >> beam.GroupByKey()
-                | "KeepFirst" >> _guarded(_KeepFirstPerHorizonDoFn(self._horizon_us), "Keep")
-            )
-        if self._impl == "beam":
-            return {
-                UNIQUE: events
-                | "KeyByEventId" >> beam.Map(lambda e: (e.event_id, e)).with_output_types(tuple[str, Event])
-                | "BeamDeduplicate" >> DeduplicatePerKey(event_time_duration=Duration.of(self._horizon_s))
-                | "Values" >> beam.Values().with_output_types(Event)
-            }
-        return _outputs(
-            events
-            | "KeyByEventId" >> beam.Map(lambda e: (e.event_id, e)).with_output_types(tuple[str, Event])
-            | "DropRepeats" >> _guarded(_DedupDoFn(self._horizon_us), "Drop")
+    def expand(self, batches):
+        return (
+            batches
+            | "ShardByEventId" >> beam.ParDo(_ShardDoFn()).with_output_types(tuple[int, bytes])
+            | "KeepFirst"
+            >> beam.ParDo(_KeepFirstDoFn(self._horizon_us, self._expire)).with_outputs(dl.DEAD_LETTER_TAG, main="rows")
         )

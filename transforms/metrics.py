@@ -47,7 +47,8 @@ def dead_letters_with_code(code: str) -> str:
 
 
 def dead_letters_at_stage(stage: str) -> str:
-    return f"{DEAD_LETTERS}_stage_{stage}"
+    """``dead_letter_stage_parse``, ... (not ``dead_letters_...``: that prefix names the error codes)."""
+    return f"dead_letter_stage_{stage}"
 
 
 def aggregate_rows_with_timing(timing: str) -> str:

@@ -9,21 +9,18 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import apache_beam as beam
 import fastavro
 import orjson
-from apache_beam.utils.timestamp import Timestamp
 
 import schemas
 from transforms import dead_letter as dl
 from transforms.avro_compat import incompatibility, parsed_schema
 from transforms.avro_scan import canonical_or_violation, first_violation
 from transforms.dead_letter import Rejection
-from transforms.metrics import NAMESPACE as METRICS_NAMESPACE
-from transforms.records import RecordBatch, SourceRecord
+from transforms.records import SourceRecord
 
 FORMAT_JSON = "json"
 FORMAT_AVRO = "avro"
@@ -253,50 +250,3 @@ def parse_record(record: SourceRecord, decode: Decoder, max_payload_bytes: int) 
     if record.decoded is not None:
         return record.decoded
     return decode(record.payload)
-
-
-class _ParseDoFn(beam.DoFn):
-    def __init__(self, fmt: str, max_payload_bytes: int) -> None:
-        self._fmt = fmt
-        self._max_payload_bytes = max_payload_bytes
-        self._read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "records_read")
-
-    def setup(self) -> None:
-        self._decode = decoder_for(self._fmt)
-
-    def process(self, element: SourceRecord | RecordBatch) -> Iterator[Any]:
-        if type(element) is RecordBatch:  # bounded sources read in batches; this graph takes them one by one
-            arrivals = element.arrivals
-            for i in range(len(element.payloads)):
-                for output in self._parse(element.record(i)):
-                    if arrivals and type(output) is tuple:
-                        output = beam.window.TimestampedValue(output, Timestamp(micros=arrivals[i]))
-                    yield output
-        else:
-            yield from self._parse(element)
-
-    def _parse(self, record: SourceRecord) -> Iterator[Any]:
-        self._read.inc()
-        result = parse_record(record, self._decode, self._max_payload_bytes)
-        if type(result) is Rejection:
-            yield beam.pvalue.TaggedOutput(
-                dl.DEAD_LETTER_TAG,
-                dl.dead_letter(result, record.payload, record.source, record.metadata, dl.STAGE_PARSE),
-            )
-        else:
-            yield (result, record)
-
-
-class ParseEvents(beam.PTransform):
-    """SourceRecord -> (decoded object, SourceRecord); rejects go to the ``dead_letter`` output (stage=parse)."""
-
-    def __init__(self, fmt: str = FORMAT_JSON, max_payload_bytes: int = 1 << 20) -> None:
-        super().__init__()
-        decoder_for(fmt)  # fail at construction on an unknown format
-        self._fmt = fmt
-        self._max_payload_bytes = max_payload_bytes
-
-    def expand(self, records):
-        return records | "Decode" >> beam.ParDo(_ParseDoFn(self._fmt, self._max_payload_bytes)).with_outputs(
-            dl.DEAD_LETTER_TAG, main="parsed"
-        )

@@ -36,9 +36,10 @@ import orjson
 
 import schemas
 from transforms import dead_letter as dl
-from transforms.metrics import NAMESPACE as METRICS_NAMESPACE
+from transforms import metrics
+from transforms.fast_json import Valid
 from transforms.parse import FORMAT_AVRO, FORMAT_CONFLUENT_AVRO, FORMAT_JSON
-from transforms.records import Event
+from transforms.parse_validate import ValidBatch
 from transforms.secrets import SecretError, parse_secret_ref, resolve_secret
 
 USER_ID = "user_id"
@@ -83,11 +84,12 @@ class Pseudonymizer:
         # A user_id of the wrong type (a dead letter's reason, often) is an identifier all the same.
         return self.pseudonym(value if type(value) is str else orjson.dumps(value).decode("utf-8"))
 
-    def event(self, event: Event, key_is_user_id: bool) -> Event:
-        pseudonym = self.pseudonym(event.user_id)
+    def valid(self, valid: list[Valid], key_is_user_id: bool) -> list[Valid]:
+        """Valid events (``fast_json.Valid``) with their user_id (and a user_id key) pseudonymized."""
+        pseudonym = self.pseudonym
         if key_is_user_id:
-            return event._replace(user_id=pseudonym, key=pseudonym)
-        return event._replace(user_id=pseudonym)
+            return [(*v[:3], p, *v[4:8], p) for v in valid for p in (pseudonym(v[3]),)]
+        return [(*v[:3], pseudonym(v[3]), *v[4:]) for v in valid]
 
     def payload(self, payload: bytes) -> bytes | None:
         """The payload with its user_id pseudonymized (unchanged if it has none); None if it cannot be decoded."""
@@ -170,14 +172,14 @@ class _PseudonymizeDoFn(beam.DoFn):
 
 
 class _EventsDoFn(_PseudonymizeDoFn):
-    def process(self, event: Event) -> Iterator[Event]:
-        yield self._pseudonymizer.event(event, self._key_is_user_id)
+    def process(self, checked: ValidBatch) -> Iterator[ValidBatch]:
+        yield ValidBatch(checked.batch, self._pseudonymizer.valid(checked.valid, self._key_is_user_id))
 
 
 class _DeadLettersDoFn(_PseudonymizeDoFn):
     def __init__(self, key_reference: str, fmt: str) -> None:
         super().__init__(key_reference, fmt)
-        self._withheld = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "dead_letter_payloads_withheld")
+        self._withheld = metrics.counter(metrics.DEAD_LETTER_PAYLOADS_WITHHELD)
 
     def process(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         out = self._pseudonymizer.dead_letter(row)
@@ -187,7 +189,7 @@ class _DeadLettersDoFn(_PseudonymizeDoFn):
 
 
 class PseudonymizeEvents(beam.PTransform):
-    """Events -> the same events with ``user_id`` (and a ``user_id`` grouping key) replaced by its pseudonym."""
+    """ValidBatches -> the same with ``user_id`` (and a ``user_id`` grouping key) replaced by its pseudonym."""
 
     def __init__(self, key_reference: str, key_field: str = "page", fmt: str = FORMAT_JSON) -> None:
         super().__init__()
@@ -195,7 +197,7 @@ class PseudonymizeEvents(beam.PTransform):
         self._dofn = _EventsDoFn(key_reference, fmt, key_is_user_id=key_field == USER_ID)
 
     def expand(self, events):
-        return events | "Hmac" >> beam.ParDo(self._dofn).with_output_types(Event)
+        return events | "Hmac" >> beam.ParDo(self._dofn).with_output_types(ValidBatch)
 
 
 class PseudonymizeDeadLetters(beam.PTransform):

@@ -70,6 +70,28 @@ class RecordBatch(NamedTuple):
         )
 
 
+# A valid event as dedup, the too-late filter and the aggregates see it: a plain tuple (cheap to build, to pack and to
+# ship through the dedup shuffle) of what they need, plus what a dead letter of a later step needs (arrival, bytes).
+Row = tuple[str, int, str, "str | None", str, "int | float", int, bytes, "dict[str, Any] | None"]
+EVENT_ID, EVENT_TIME_US, EVENT_TYPE, KEY, USER_ID, VALUE, ARRIVAL_US, PAYLOAD, METADATA = range(9)
+
+
+class RowBatch(NamedTuple):
+    """Rows of one source (a batch's valid events, or the part of them one dedup shard holds)."""
+
+    source: str
+    rows: list[Row]
+
+    def record(self, index: int) -> SourceRecord:
+        """The record a row came from, for its dead letter (its bytes, source and metadata)."""
+        return row_record(self.source, self.rows[index])
+
+
+def row_record(source: str, row: Row) -> SourceRecord:
+    """The record a row came from, for its dead letter (its bytes, source and metadata)."""
+    return SourceRecord(row[PAYLOAD], source, row[METADATA])
+
+
 class _NamedTupleCoder(coders.Coder):
     """Encodes a NamedTuple as the plain tuple of its fields (FastPrimitivesCoder handles those natively)."""
 
@@ -114,3 +136,11 @@ class RecordBatchCoder(_NamedTupleCoder):
 coders.registry.register_coder(SourceRecord, SourceRecordCoder)
 coders.registry.register_coder(RecordBatch, RecordBatchCoder)
 coders.registry.register_coder(Event, EventCoder)
+
+
+class RowBatchCoder(_NamedTupleCoder):
+    def __init__(self) -> None:
+        super().__init__(RowBatch)
+
+
+coders.registry.register_coder(RowBatch, RowBatchCoder)

@@ -10,15 +10,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import apache_beam as beam
 import orjson
 
 from transforms import dead_letter as dl
 from transforms.dead_letter import Rejection
-from transforms.metrics import NAMESPACE as METRICS_NAMESPACE
 from transforms.records import Event, SourceRecord
 from transforms.timefmt import US_PER_MS, now_us, parse_rfc3339_us
 
@@ -151,9 +149,6 @@ def _optional_properties(obj: dict[str, Any]) -> dict[str, str] | None | Rejecti
     return value
 
 
-KeyExtractor = Callable[[dict[str, Any], Any], "str | None"]
-
-
 def _stringify(value: Any) -> str | None:
     if value is None or type(value) is str:
         return value
@@ -232,40 +227,3 @@ class EventValidator:
     @staticmethod
     def _event_type_message(value: str) -> str:
         return f"'event_type' must match ^{EVENT_TYPE_PATTERN}$, got {value[:80]!r}"
-
-
-class _ValidateDoFn(beam.DoFn):
-    def __init__(self, key_field: str, max_clock_skew_s: float) -> None:
-        self._key_field = key_field
-        self._max_clock_skew_s = max_clock_skew_s
-        self._valid = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "events_valid")
-
-    def setup(self) -> None:
-        self._validator = EventValidator(self._key_field, self._max_clock_skew_s)
-
-    def process(self, element: tuple[dict[str, Any], SourceRecord], arrival=beam.DoFn.TimestampParam) -> Iterator[Any]:
-        obj, record = element
-        result = self._validator.validate(obj, record, arrival.micros)
-        if type(result) is Rejection:
-            yield beam.pvalue.TaggedOutput(
-                dl.DEAD_LETTER_TAG,
-                dl.dead_letter(result, record.payload, record.source, record.metadata, dl.STAGE_VALIDATE),
-            )
-        else:
-            self._valid.inc()
-            yield result
-
-
-class ValidateEvents(beam.PTransform):
-    """(decoded object, SourceRecord) -> Event; rejects go to the ``dead_letter`` output (stage=validate)."""
-
-    def __init__(self, key_field: str = "page", max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S) -> None:
-        super().__init__()
-        self._key_field = key_field
-        self._max_clock_skew_s = max_clock_skew_s
-
-    def expand(self, parsed):
-        dofn = _ValidateDoFn(self._key_field, self._max_clock_skew_s)
-        return parsed | "Check" >> beam.ParDo(dofn).with_output_types(Event).with_outputs(
-            dl.DEAD_LETTER_TAG, main="valid"
-        )

@@ -27,7 +27,7 @@ from tests.integration.fault_report import FaultReport
 from tests.integration.results import final_counts
 from tests.integration.test_kafka_e2e import DEADLINE_S, topics  # noqa: F401
 from tests.streaming.test_poison_records import poisoned
-from transforms import analytics
+from transforms import event_time
 from transforms.timefmt import format_rfc3339_us, now_us
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,7 @@ def _framed(fields: dict, schema_id: int) -> bytes:
 def test_poison_record_does_not_block_the_partition_and_schema_id_2_parses(topics, tmp_path, monkeypatch):  # noqa: F811
     bootstrap, names = topics
     monkeypatch.setattr(
-        analytics, "_with_event_time", poisoned(analytics._with_event_time, lambda e: e.event_id == "poison")
+        event_time, "rows_of", poisoned(event_time.rows_of, lambda _b, valid, *_: any(v[1] == "poison" for v in valid))
     )
     window = (now_us() // MINUTE_US - 4) * MINUTE_US
     before = [_framed(event_fields(f"b{i}", window + i * 1_000_000, f"u{i % 3}", i), 1 + i % 2) for i in range(10)]

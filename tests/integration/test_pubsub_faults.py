@@ -29,7 +29,7 @@ from tests.integration.fault_report import FaultReport
 from tests.integration.results import final_counts, wait_for
 from tests.integration.traffic import SteadyPublisher, Traffic
 from tests.streaming.test_poison_records import poisoned
-from transforms import analytics, dedup, windowing
+from transforms import dedup, event_time, windowing
 
 pytestmark = pytest.mark.integration
 
@@ -170,7 +170,9 @@ def test_poison_messages_are_dead_lettered_and_the_subscription_keeps_flowing(
     publisher, _subscriber, topic, subscription, suffix = names
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
     monkeypatch.setattr(
-        analytics, "_with_event_time", poisoned(analytics._with_event_time, lambda e: e.event_id.endswith("-poison"))
+        event_time,
+        "rows_of",
+        poisoned(event_time.rows_of, lambda _b, valid, *_: any(v[1].endswith("-poison") for v in valid)),
     )
     monkeypatch.setattr(
         dedup, "is_duplicate", poisoned(dedup.is_duplicate, lambda _f, t, _h: t % 1_000_000 == POISON_TIME_US["dedup"])

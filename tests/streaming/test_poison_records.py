@@ -1,5 +1,6 @@
-"""Poison records in the whole graph: a record that makes a step past validation throw is dead-lettered with the
-step's stage, and every other record, before and after it, is aggregated exactly as without it.
+"""Poison records in the whole graph: a record that makes a step throw is dead-lettered (processing_error) with the
+step's stage and its original bytes, and every other record, before and after it, is aggregated exactly as without
+it. One mechanism for every step (transforms/guard.py): the batch that throws is retried record by record.
 
 The throw is injected by wrapping, in this test process only, a function the real step calls (monkeypatch), so
 that it raises for one chosen record; the direct runner runs the steps in this process. Times are seconds after
@@ -18,10 +19,10 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.runners import local_runner
 from tests.streaming.timeline import at, record, stream
-from transforms import analytics, batched, dedup, fast_json, windowing
 from transforms import dead_letter as dl
+from transforms import dedup, event_time, fast_json, parse_validate, windowing
 from transforms.analytics import AGGREGATES, DEAD_LETTERS, AnalyticsConfig, StreamingAnalytics
-from transforms.records import Event, RecordBatch
+from transforms.records import RecordBatch
 from transforms.validate import EventValidator
 from transforms.windowing import FIXED, WindowSpec
 
@@ -38,37 +39,54 @@ def poisoned(original: Callable, when: Callable[..., bool]) -> Callable:
     return step
 
 
-def is_poison_event(event: Event) -> bool:
-    return event.event_id == "poison"
+def _has_poison_row(rows: Any, *_: Any) -> bool:
+    return any(row[0] == "poison" for row in rows)
 
 
-def is_poison_time(_window_fn: Any, timestamp_us: int, _lateness_us: int) -> bool:
-    return timestamp_us % 1_000_000 == 777_777
-
-
-def is_poison_dedup(_first_seen_us: int | None, event_time_us: int, _horizon_us: int) -> bool:
-    return event_time_us % 1_000_000 == 777_777
-
-
-# (module, function, predicate, stage): where the poison throws.
+# stage -> (module or class, function, when it throws, the step's name in the message)
 STEPS = {
-    "event_time": (analytics, "_with_event_time", is_poison_event, "AssignEventTime"),
-    "dedup": (dedup, "is_duplicate", is_poison_dedup, "DeduplicateEvents"),
-    "window": (windowing, "latest_deadline_us", is_poison_time, "FilterTooLate"),
+    "parse": (parse_validate, "parse_record", lambda r, *_: b"poison" in r.payload, "ParseEvents"),
+    "validate": (EventValidator, "validate", lambda _v, _o, r, *_: b"poison" in r.payload, "ValidateEvents"),
+    "event_time": (
+        event_time,
+        "rows_of",
+        lambda _b, valid, *_: any(v[1] == "poison" for v in valid),
+        "AssignEventTime",
+    ),
+    "dedup": (dedup, "is_duplicate", lambda _f, t, _h: t % 1_000_000 == 777_777, "DeduplicateEvents"),
+    "window": (windowing, "preaggregate", _has_poison_row, "WindowEvents"),
+    "too_late": (windowing, "latest_deadline_us", lambda _w, t, _l: t % 1_000_000 == 777_777, "FilterTooLate"),
 }
+STAGE = {"too_late": "window"}
+
+
+def poison_step(stage: str, monkeypatch) -> str:
+    owner, name, when, step = STEPS[stage]
+    monkeypatch.setattr(owner, name, poisoned(getattr(owner, name), when))
+    if stage in ("parse", "validate"):  # the fast path takes the plainly valid records first: make it throw too
+        monkeypatch.setattr(
+            fast_json.FastJsonValidator,
+            "validate_batch",
+            poisoned(fast_json.FastJsonValidator.validate_batch, lambda _s, ps: any(b"poison" in p for p in ps)),
+        )
+    return step
+
+
+def summaries(dead_letters):
+    return dead_letters | "Summary" >> beam.Map(
+        lambda r: (r["error_code"], r["stage"], dl.original_payload(r), r["error_message"].split(":")[0])
+    )
 
 
 @pytest.mark.parametrize("stage", sorted(STEPS))
 def test_poison_record_is_dead_lettered_and_the_stream_goes_on(stage: str, monkeypatch) -> None:
-    module, name, predicate, step = STEPS[stage]
-    monkeypatch.setattr(module, name, poisoned(getattr(module, name), predicate))
+    step = poison_step(stage, monkeypatch)
     poison = record("poison", POISON_SECONDS, value=1000)
     timeline = (
         stream()
         .advance_watermark_to(at(0))
         .add_elements([record("a", 10, value=1), record("b", 20, value=2)])  # before the poison
-        .add_elements([poison])  # throws in the patched step
-        .add_elements([record("c", 40, value=4)])  # same window, after the poison: still counted
+        .add_elements([poison, record("c", 40, value=4)])  # the poison throws; c, in its batch, is still counted
         .advance_watermark_to(at(61))  # on-time pane of [0, 60)
         .add_elements([record("d", 70, value=8)])  # next window: the stream was never blocked
         .advance_watermark_to_infinity()
@@ -83,107 +101,15 @@ def test_poison_record_is_dead_lettered_and_the_stream_goes_on(stage: str, monke
             label="Aggregates",
         )
         assert_that(
-            outputs[DEAD_LETTERS]
-            | "Summary"
-            >> beam.Map(
-                lambda r: (r["error_code"], r["stage"], dl.original_payload(r), r["error_message"].split(":")[0])
-            ),
-            equal_to([("processing_error", stage, poison.payload, f"{step} failed")]),
+            summaries(outputs[DEAD_LETTERS]),
+            equal_to([("processing_error", STAGE.get(stage, stage), poison.payload, f"{step} failed")]),
             label="DeadLetters",
         )
 
 
-@pytest.mark.parametrize("stage", ["event_time", "dedup"])
+@pytest.mark.parametrize("stage", sorted(set(STEPS) - {"too_late"}))  # bounded input is never late: no filter
 def test_poison_record_in_a_batch_run(stage: str, monkeypatch) -> None:
-    """Bounded input record by record: the group-by dedup (a group of records per event_id), the event-time step."""
-    module, name, predicate, step = STEPS[stage]
-    monkeypatch.setattr(module, name, poisoned(getattr(module, name), predicate))
-    poison = record("poison", POISON_SECONDS, value=1000)
-    records = [record("a", 10, value=1), poison, record("b", 20, value=2), record("d", 70, value=8)]
-    with beam.Pipeline(runner=local_runner(PipelineOptions([]), streaming=False)) as p:
-        outputs = p | beam.Create(records) | StreamingAnalytics(AnalyticsConfig(window=SPEC, batched=False))
-        assert_that(
-            outputs[AGGREGATES] | beam.Map(lambda r: (r["window_start"], r["event_count"], r["value_sum"])),
-            equal_to([("2024-01-01T00:00:00Z", 2, 3.0), ("2024-01-01T00:01:00Z", 1, 8.0)]),
-            label="Aggregates",
-        )
-        assert_that(
-            outputs[DEAD_LETTERS] | "Summary" >> beam.Map(lambda r: (r["stage"], dl.original_payload(r))),
-            equal_to([(stage, poison.payload)]),
-            label="DeadLetters",
-        )
-
-
-def is_poison_valid(valid: list) -> bool:
-    return any(v[1] == "poison" for v in valid)
-
-
-def is_poison_row(rows: list, _horizon_us: int) -> bool:
-    return any(row[0] == "poison" for row in rows)
-
-
-# Bounded input in batches (transforms/batched.py): where the poison throws there.
-BATCHED_STEPS = {
-    "event_time": (batched, "rows_of", is_poison_valid),
-    "dedup": (batched, "keep_first_per_horizon", is_poison_row),
-}
-
-
-@pytest.mark.parametrize("stage", sorted(BATCHED_STEPS))
-def test_poison_record_in_a_batched_run(stage: str, monkeypatch) -> None:
-    """Bounded input in batches: the batch is retried record by record (id by id in dedup) and only the poison
-    record is dead-lettered. Dedup's compact rows carry no payload: that dead letter describes the row instead."""
-    module, name, predicate = BATCHED_STEPS[stage]
-    monkeypatch.setattr(module, name, poisoned(getattr(module, name), predicate))
-    poison = record("poison", POISON_SECONDS, value=1000)
-    records = [record("a", 10, value=1), poison, record("b", 20, value=2), record("d", 70, value=8)]
-    with beam.Pipeline(runner=local_runner(PipelineOptions([]), streaming=False)) as p:
-        outputs = (
-            p | beam.Create([RecordBatch.of(r) for r in records]) | StreamingAnalytics(AnalyticsConfig(window=SPEC))
-        )
-        assert_that(
-            outputs[AGGREGATES] | beam.Map(lambda r: (r["window_start"], r["event_count"], r["value_sum"])),
-            equal_to([("2024-01-01T00:00:00Z", 2, 3.0), ("2024-01-01T00:01:00Z", 1, 8.0)]),
-            label="Aggregates",
-        )
-        expected = poison.payload if stage == "event_time" else None
-        assert_that(
-            outputs[DEAD_LETTERS]
-            | "Summary"
-            >> beam.Map(
-                lambda r: (
-                    r["error_code"],
-                    r["stage"],
-                    dl.original_payload(r),
-                    "poison" in str(r["source_metadata"]) or r["payload"] is not None,
-                )
-            ),
-            equal_to([("processing_error", stage, expected, True)]),
-            label="DeadLetters",
-        )
-
-
-@pytest.mark.parametrize("stage", ["parse", "validate"])
-def test_poison_record_in_batched_parse_and_validate(stage: str, monkeypatch) -> None:
-    """The batch's fast path and then the reference throw for one record: the batch is retried record by record
-    with the reference, and that record alone is a processing_error dead letter, with its original bytes."""
-
-    def is_poison_payloads(_self: Any, payloads: list) -> bool:
-        return any(b"poison" in payload for payload in payloads)
-
-    monkeypatch.setattr(
-        fast_json.FastJsonValidator,
-        "validate_batch",
-        poisoned(fast_json.FastJsonValidator.validate_batch, is_poison_payloads),
-    )
-    if stage == "parse":
-        monkeypatch.setattr(
-            batched, "parse_record", poisoned(batched.parse_record, lambda r, *_: b"poison" in r.payload)
-        )
-    else:
-        monkeypatch.setattr(
-            EventValidator, "validate", poisoned(EventValidator.validate, lambda _v, _o, r, *_: b"poison" in r.payload)
-        )
+    step = poison_step(stage, monkeypatch)
     poison = record("poison", POISON_SECONDS, value=1000)
     records = [record("a", 10, value=1), poison, record("b", 20, value=2), record("d", 70, value=8)]
     with beam.Pipeline(runner=local_runner(PipelineOptions([]), streaming=False)) as p:
@@ -195,8 +121,7 @@ def test_poison_record_in_batched_parse_and_validate(stage: str, monkeypatch) ->
             label="Aggregates",
         )
         assert_that(
-            outputs[DEAD_LETTERS]
-            | "Summary" >> beam.Map(lambda r: (r["error_code"], r["stage"], dl.original_payload(r))),
-            equal_to([("processing_error", stage, poison.payload)]),
+            summaries(outputs[DEAD_LETTERS]),
+            equal_to([("processing_error", stage, poison.payload, f"{step} failed")]),
             label="DeadLetters",
         )

@@ -9,18 +9,14 @@ from __future__ import annotations
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.testing.util import assert_that, equal_to, equal_to_per_window
-from apache_beam.transforms.window import IntervalWindow, TimestampedValue
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import TimestampedValue
 
 from pipelines.runners import local_runner
-from tests.streaming.timeline import at, iso, pane, record, stream
+from tests.streaming.timeline import at, iso, pane, per_window, record, stream, window, windowed_pane
 from transforms.analytics import AGGREGATES, DEAD_LETTERS, AnalyticsConfig, StreamingAnalytics
 from transforms.records import SourceRecord
 from transforms.windowing import FIXED, SESSION, SLIDING, WindowSpec
-
-
-def window(start_s: float, end_s: float) -> IntervalWindow:
-    return IntervalWindow(at(start_s), at(end_s))
 
 
 def run_timeline(test_stream, spec: WindowSpec, check) -> None:
@@ -33,6 +29,10 @@ def run_timeline(test_stream, spec: WindowSpec, check) -> None:
 
 def panes_of(aggregates):
     return aggregates | "Panes" >> beam.Map(pane)
+
+
+def windowed_panes_of(aggregates):
+    return aggregates | "Panes" >> beam.Map(windowed_pane)
 
 
 def dead_letter_codes(dead_letters):
@@ -57,8 +57,8 @@ def test_fixed_window_early_on_time_late_and_too_late():
 
     def check(aggregates, dead_letters):
         assert_that(
-            panes_of(aggregates),
-            equal_to_per_window(
+            windowed_panes_of(aggregates),
+            per_window(
                 {
                     window(0, 60): [
                         (iso(0), "EARLY", 0, 1, 1.0),
@@ -69,7 +69,6 @@ def test_fixed_window_early_on_time_late_and_too_late():
                 }
             ),
             label="PerWindowPanes",
-            use_global_window=False,
         )
         assert_that(dead_letter_codes(dead_letters), equal_to([("too_late", "window", "event_time")]), label="Dlq")
 
@@ -89,9 +88,8 @@ def test_no_early_panes_when_early_firing_is_off():
 
     def check(aggregates, dead_letters):
         assert_that(
-            panes_of(aggregates),
-            equal_to_per_window({window(0, 60): [(iso(0), "ON_TIME", 0, 2, 0.0)]}),
-            use_global_window=False,
+            windowed_panes_of(aggregates),
+            per_window({window(0, 60): [(iso(0), "ON_TIME", 0, 2, 0.0)]}),
         )
         assert_that(dead_letters, equal_to([]), label="NoDeadLetters")
 
@@ -116,9 +114,8 @@ def test_exactly_at_the_lateness_boundary_is_still_late_not_too_late():
 
     def check(aggregates, dead_letters):
         assert_that(
-            panes_of(aggregates),
-            equal_to_per_window({window(0, 60): [(iso(0), "ON_TIME", 0, 1, 0.0), (iso(0), "LATE", 1, 2, 0.0)]}),
-            use_global_window=False,
+            windowed_panes_of(aggregates),
+            per_window({window(0, 60): [(iso(0), "ON_TIME", 0, 1, 0.0), (iso(0), "LATE", 1, 2, 0.0)]}),
         )
         assert_that(dead_letter_codes(dead_letters), equal_to([("too_late", "window", "event_time")]), label="Dlq")
 
@@ -136,15 +133,14 @@ def test_sliding_windows_count_an_event_in_every_window_it_falls_in():
 
     def check(aggregates, dead_letters):
         assert_that(
-            panes_of(aggregates),
-            equal_to_per_window(
+            windowed_panes_of(aggregates),
+            per_window(
                 {
                     window(0, 60): [(iso(0), "ON_TIME", 0, 1, 0.0)],
                     window(30, 90): [(iso(30), "ON_TIME", 0, 2, 0.0)],
                     window(60, 120): [(iso(60), "ON_TIME", 0, 1, 0.0)],
                 }
             ),
-            use_global_window=False,
         )
 
     run_timeline(timeline, spec, check)
@@ -164,15 +160,14 @@ def test_sessions_merge_and_a_late_event_extends_a_closed_session():
 
     def check(aggregates, dead_letters):
         assert_that(
-            panes_of(aggregates),
-            equal_to_per_window(
+            windowed_panes_of(aggregates),
+            per_window(
                 {
                     window(0, 50): [(iso(0), "ON_TIME", 0, 2, 0.0)],
                     window(0, 70): [(iso(0), "LATE", 0, 3, 0.0)],
                     window(100, 130): [(iso(100), "ON_TIME", 0, 1, 0.0)],
                 }
             ),
-            use_global_window=False,
         )
 
     run_timeline(timeline, spec, check)
@@ -219,10 +214,9 @@ def test_source_timestamps_replace_the_payload_event_time():
     with beam.Pipeline(runner=local_runner(options, streaming=True), options=options) as p:
         outputs = p | timeline | StreamingAnalytics(config)
         assert_that(
-            panes_of(outputs[AGGREGATES]),
-            equal_to_per_window(
+            windowed_panes_of(outputs[AGGREGATES]),
+            per_window(
                 {window(0, 60): [(iso(0), "ON_TIME", 0, 1, 0.0)], window(60, 120): [(iso(60), "ON_TIME", 0, 1, 0.0)]}
             ),
-            use_global_window=False,
         )
         assert_that(outputs[DEAD_LETTERS], equal_to([]), label="NothingTooLate")

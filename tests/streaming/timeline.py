@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -37,3 +38,24 @@ def stream() -> TestStream:
 def pane(row: dict[str, Any]) -> tuple:
     """The part of an aggregate row a timeline asserts: (window_start, timing, index, count, value_sum)."""
     return (row["window_start"], row["pane_timing"], row["pane_index"], row["event_count"], row["value_sum"])
+
+
+def window(start_s: float, end_s: float) -> tuple[str, str]:
+    """The window [T0 + start_s, T0 + end_s) as aggregate rows name it."""
+    return iso(start_s), iso(end_s)
+
+
+def windowed_pane(row: dict[str, Any]) -> tuple[tuple[str, str], tuple]:
+    return (row["window_start"], row["window_end"]), pane(row)
+
+
+def per_window(expected: dict[tuple[str, str], list[tuple]]) -> Callable[[list], None]:
+    """A matcher of ``windowed_pane``s: exactly these panes in each window (any order), and no other window."""
+
+    def check(actual: list) -> None:
+        got: dict[tuple[str, str], list[tuple]] = {}
+        for window_bounds, one_pane in actual:
+            got.setdefault(window_bounds, []).append(one_pane)
+        assert {w: sorted(p) for w, p in got.items()} == {w: sorted(p) for w, p in expected.items()}, got
+
+    return check

@@ -1,5 +1,5 @@
-"""AggregateFn (count, exact order-independent value_sum, sketch), accumulator pickling, the output row format,
-and WindowedAggregates in a batch pipeline."""
+"""Accumulator and MergeAggregatesFn (count, exact order-independent value_sum, sketch), accumulator pickling, the
+output row format, and WindowEvents + WindowedAggregates in a batch pipeline."""
 
 from __future__ import annotations
 
@@ -17,13 +17,15 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
-from apache_beam.transforms.window import FixedWindows, IntervalWindow
+from apache_beam.transforms.window import IntervalWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import schemas
-from transforms.aggregate import Accumulator, AggregateFn, WindowedAggregates, aggregate_row
-from transforms.records import Event
+from transforms.aggregate import Accumulator, MergeAggregatesFn, WindowedAggregates, aggregate_row, exact_partials
+from transforms.records import Row, RowBatch
 from transforms.sketch import DistinctSketch
 from transforms.timefmt import parse_rfc3339_us
 from transforms.windowing import WindowEvents, WindowSpec
@@ -33,8 +35,15 @@ T0 = 1_704_067_200 * S  # 2024-01-01T00:00:00Z
 RFC3339_Z = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3}|\.\d{6})?Z")
 
 
-def ev(value=1, user="u1", event_type="click", key="/p", seconds=0.0, event_id="e") -> Event:
-    return Event(event_id, event_type, user, T0 + int(seconds * S), key, value, None, key, b"{}", "test", None, 0)
+def ev(value=1, user="u1", event_type="click", key="/p", seconds=0.0, event_id="e") -> Row:
+    when = T0 + int(seconds * S)
+    return (event_id, when, event_type, key, user, value, when, b"{}", None)
+
+
+def accumulate(rows) -> Accumulator:
+    acc = Accumulator()
+    acc.add_rows(list(rows))
+    return acc
 
 
 def exact_sum(values) -> float:
@@ -43,18 +52,18 @@ def exact_sum(values) -> float:
 
 
 def aggregate(values, parts: int = 1, seed: int = 0, shuffle: bool = False) -> tuple[int, float, int, bytes]:
-    """Runs AggregateFn over ``values`` split into ``parts`` pickled partial accumulators, merged in random order."""
-    fn = AggregateFn()
+    """Adds ``values`` into ``parts`` pickled partial accumulators, merged in random order (MergeAggregatesFn)."""
+    fn = MergeAggregatesFn()
     values = list(values)
     rng = random.Random(seed)
     if shuffle:
         rng.shuffle(values)
     accs = [fn.create_accumulator() for _ in range(parts)]
     for i, value in enumerate(values):
-        fn.add_input(accs[rng.randrange(parts)] if parts > 1 else accs[0], ev(value, user=f"u{i % 7}"))
+        (accs[rng.randrange(parts)] if parts > 1 else accs[0]).add_rows([ev(value, user=f"u{i % 7}")])
     accs = [pickle.loads(pickle.dumps(a)) for a in accs]
     rng.shuffle(accs)
-    return fn.extract_output(fn.merge_accumulators(accs))
+    return fn.extract_output(fn.merge_accumulators(accs))[:4]
 
 
 SUM_CASES = {
@@ -125,8 +134,7 @@ def test_value_sum_beyond_double_range_does_not_crash():
 
 def test_count_and_distinct_users():
     events = [ev(1, user=f"u{i % 5}") for i in range(23)]
-    fn = AggregateFn()
-    count, value_sum, distinct, sketch = fn.extract_output(fn.add_inputs(fn.create_accumulator(), events))
+    count, value_sum, distinct, sketch = MergeAggregatesFn().extract_output(accumulate(events))[:4]
     assert (count, value_sum, distinct) == (23, 23.0, 5)
     assert DistinctSketch.from_bytes(sketch).estimate() == 5
     assert isinstance(value_sum, float)
@@ -135,28 +143,37 @@ def test_count_and_distinct_users():
 def test_accumulator_pickle_round_trip_keeps_everything():
     acc = Accumulator()
     for i, value in enumerate([3, 0.1, 0.2, -7, 1e16, 2**60, -0.3]):
-        acc.add(ev(value, user=f"user-{i % 4}"))
+        acc.add_rows([ev(value, user=f"user-{i % 4}", seconds=i)])
     copy = pickle.loads(pickle.dumps(acc))
     assert (copy.count, copy.int_sum, copy.float_partials) == (acc.count, acc.int_sum, acc.float_partials)
     assert copy.sketch.to_bytes() == acc.sketch.to_bytes()
     assert copy.value_sum() == acc.value_sum()
     assert copy.sketch.estimate() == 4
+    assert (
+        (copy.newest_arrival_us, copy.newest_event_us)
+        == (acc.newest_arrival_us, acc.newest_event_us)
+        == (
+            T0 + 6 * S,
+            T0 + 6 * S,
+        )
+    )
     # The copy is independent and keeps working.
-    copy.add(ev(1, user="user-new"))
+    copy.add_rows([ev(1, user="user-new")])
     assert (copy.count, acc.count) == (8, 7)
     assert copy.sketch.estimate() == 5 and acc.sketch.estimate() == 4
     # Beam's accumulator coder round trip as well.
-    coder = AggregateFn().get_accumulator_coder()
+    coder = MergeAggregatesFn().get_accumulator_coder()
     decoded = coder.decode(coder.encode(acc))
-    assert AggregateFn().extract_output(decoded) == AggregateFn().extract_output(acc)
+    assert MergeAggregatesFn().extract_output(decoded) == MergeAggregatesFn().extract_output(acc)
 
 
 def test_empty_accumulator_round_trip_and_merge():
-    fn = AggregateFn()
+    fn = MergeAggregatesFn()
     empty = pickle.loads(pickle.dumps(fn.create_accumulator()))
     assert fn.extract_output(empty)[:3] == (0, 0.0, 0)
-    one = fn.add_input(fn.create_accumulator(), ev(2.5, user="x"))
+    one = fn.add_input(fn.create_accumulator(), accumulate([ev(2.5, user="x", seconds=3)]))
     assert fn.extract_output(fn.merge_accumulators([empty, one]))[:3] == (1, 2.5, 1)
+    assert fn.extract_output(fn.merge_accumulators([one, empty])).newest_event_us == T0 + 3 * S
 
 
 # --- aggregate_row -------------------------------------------------------------------------------------------------
@@ -167,8 +184,7 @@ def _window(start_s: float, end_s: float) -> IntervalWindow:
 
 
 def test_aggregate_row_fields_and_formats():
-    fn = AggregateFn()
-    result = fn.extract_output(fn.add_inputs(fn.create_accumulator(), [ev(1.5, "a"), ev(2, "b"), ev(0.5, "a")]))
+    result = MergeAggregatesFn().extract_output(accumulate([ev(1.5, "a"), ev(2, "b"), ev(0.5, "a")]))
     pane = PaneInfo(False, False, PaneInfoTiming.EARLY, 2, -1)
     row = aggregate_row(("click", "/home"), result, _window(60, 120), pane, T0 + 123_456)
     assert list(row) == list(schemas.bigquery_field_names(schemas.AGGREGATES_TABLE))
@@ -250,31 +266,16 @@ def _expected(timing="ON_TIME"):
     ]
 
 
-def _timestamped(events):
-    return [beam.window.TimestampedValue(e, Timestamp(micros=e.event_time_us)) for e in events]
-
-
-def test_windowed_aggregates_fixed_windows_batch():
-    with beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions([])) as p:
-        rows = (
-            p
-            | beam.Create(_timestamped(EVENTS))
-            | beam.WindowInto(FixedWindows(60))
-            | WindowedAggregates(bounded=True)
-            | beam.Map(_strip)
-        )
-        assert_that(rows, equal_to(_expected()))
-
-
-def test_windowed_aggregates_after_window_events_batch():
-    # The graph's own batch windowing: one final ON_TIME pane per window and group.
+@pytest.mark.parametrize("batch_rows", [1, 3, 100])
+def test_windowed_aggregates_after_window_events_batch(batch_rows):
+    # The graph's own batch windowing: pre-aggregated per bundle, one final ON_TIME pane per window and group,
+    # whatever the batches.
     spec = WindowSpec(size_s=60, allowed_lateness_s=600, early_firing_s=10)
+    batches = [RowBatch("test", EVENTS[i : i + batch_rows]) for i in range(0, len(EVENTS), batch_rows)]
     with beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions([])) as p:
         rows = (
-            p
-            | beam.Create(_timestamped(EVENTS))
-            | WindowEvents(spec, streaming=False)
-            | WindowedAggregates(bounded=True)
+            (p | beam.Create(batches) | WindowEvents(spec, streaming=False))["partials"]
+            | WindowedAggregates()
             | beam.Map(_strip)
         )
         assert_that(rows, equal_to(_expected()))
@@ -287,3 +288,29 @@ def test_a_total_beyond_the_double_range_is_written_as_null():
     pane = PaneInfo(True, True, PaneInfoTiming.ON_TIME, 0, 0)
     row = aggregate_row(("click", None), (2, float("inf"), 1, b"s"), IntervalWindow(0, 60), pane, 0)
     assert row["value_sum"] is None and row["event_count"] == 2
+
+
+# --- pre-aggregation ------------------------------------------------------------------------------------------
+
+FLOATS = st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from([5e-324, -5e-324, 1.7976931348623157e308])
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(st.lists(FLOATS, max_size=30))
+def test_exact_partials_sum_exactly(values):
+    parts = exact_partials(values)
+    if parts is not None:
+        assert sum(map(Fraction, parts)) == sum(map(Fraction, values))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.tuples(st.integers(0, 30) | FLOATS, st.sampled_from(["u1", "u2", "u3", "é"])), max_size=40))
+def test_add_rows_is_adding_one_by_one(values):
+    rows = [("e", 0, "click", None, user, value, 0, b"", None) for value, user in values]
+    one_by_one, at_once = Accumulator(), Accumulator()
+    for row in rows:
+        one_by_one.add_rows([row])
+    at_once.add_rows(rows)
+    assert at_once.count == one_by_one.count
+    assert at_once.value_sum() == one_by_one.value_sum()  # exact, or the same infinity beyond the double range
+    assert at_once.sketch.to_bytes() == one_by_one.sketch.to_bytes()

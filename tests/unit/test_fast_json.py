@@ -37,11 +37,11 @@ from tests.unit.test_property_one_outcome import (
 )
 from transforms import dead_letter as dl
 from transforms import fast_json
-from transforms.batched import BatchParser
 from transforms.dead_letter import Rejection
 from transforms.fast_json import IMPLEMENTATIONS, FastJsonValidator, event_of
 from transforms.io.synthetic import generate, parse_synthetic_uri
 from transforms.parse import decode_json, parse_record
+from transforms.parse_validate import BatchParser
 from transforms.records import Event, RecordBatch, SourceRecord
 from transforms.timefmt import parse_rfc3339_us
 from transforms.validate import EventValidator

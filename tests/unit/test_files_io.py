@@ -7,17 +7,23 @@ import base64
 import glob
 import io
 import os
+import random
 
 import apache_beam as beam
 import fastavro
 import orjson
+import pytest
+from apache_beam import coders
+from apache_beam.io.range_trackers import OffsetRangeTracker
+from apache_beam.io.textio import _TextSource
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 
 import schemas
+import transforms.io.files as files
 from pipelines.streaming_analytics import run
-from transforms.io.files import ReadJsonLines, WriteJsonLines
+from transforms.io.files import ReadJsonLineBatches, WriteJsonLines, read_line_range, split_into_ranges
 from transforms.records import SourceRecord
 
 
@@ -51,7 +57,9 @@ def test_read_json_lines_yields_exact_bytes_per_line(tmp_path):
     path = tmp_path / "events.jsonl"
     path.write_bytes(data)
     with beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions([])) as p:
-        records = p | ReadJsonLines(str(path))
+        records = (
+            p | ReadJsonLineBatches(str(path)) | beam.FlatMap(lambda b: [b.record(i) for i in range(len(b.payloads))])
+        )
         assert_that(
             records | beam.Map(lambda r: (type(r).__name__, r.payload, r.source, r.metadata, r.decoded)),
             equal_to([("SourceRecord", line, str(path), None, None) for line in lines]),
@@ -64,7 +72,9 @@ def test_read_json_lines_glob_over_several_files(tmp_path):
     (tmp_path / "c.txt").write_bytes(b"not matched")
     with beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions([])) as p:
         records = (
-            p | ReadJsonLines(str(tmp_path / "*.jsonl")) | beam.Map(lambda r: (r.payload, os.path.basename(r.source)))
+            p
+            | ReadJsonLineBatches(str(tmp_path / "*.jsonl"))
+            | beam.FlatMap(lambda b: [(line, os.path.basename(b.source)) for line in b.payloads])
         )
         assert_that(records, equal_to([(b"1", "a.jsonl"), (b"2", "a.jsonl"), (b"3", "b.jsonl")]))
 
@@ -194,3 +204,42 @@ def test_avro_container_end_to_end(tmp_path):
 def test_source_record_defaults():
     record = SourceRecord(b"x", "f")
     assert (record.metadata, record.decoded) == (None, None)
+
+
+# --- byte ranges read exactly what Beam's text source reads ---------------------------------------------------
+
+
+def beam_text_lines(path: str, start: int, end: int) -> list[bytes]:
+    source = _TextSource(path, 0, "auto", True, coders.BytesCoder(), validate=False)
+    return list(source.read_records(path, OffsetRangeTracker(start, end)))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_line_ranges_read_what_beams_text_source_reads(tmp_path, seed, monkeypatch):
+    rng = random.Random(seed)
+    monkeypatch.setattr(files, "_READ_BLOCK", rng.choice([1, 2, 3, 7, 1 << 20]))
+    for trial in range(40):
+        parts = []
+        for _ in range(rng.randrange(0, 25)):
+            parts.append(bytes(rng.choice(b"ab\r{}") for _ in range(rng.randrange(0, 10))))
+            parts.append(rng.choice([b"\n", b"\r\n", b"\n", b"\r"]))
+        if parts and rng.random() < 0.5:
+            parts.pop()  # an unterminated last line
+        data = b"".join(parts)
+        path = tmp_path / f"f{trial}.jsonl"
+        path.write_bytes(data)
+        for range_bytes in (1, 2, 5, 64):
+            ours, theirs = [], []
+            for _, start, end in split_into_ranges(str(path), len(data), range_bytes):
+                ours += [line for batch in read_line_range(str(path), start, end, batch_lines=3) for line in batch]
+                theirs += beam_text_lines(str(path), start, end)
+            assert ours == theirs, (data, range_bytes)
+
+
+def test_compressed_files_are_one_range(tmp_path):
+    import gzip
+
+    path = tmp_path / "events.jsonl.gz"
+    path.write_bytes(gzip.compress(b"a\nb\r\n\nc"))
+    assert list(split_into_ranges(str(path), 100)) == [(str(path), 0, -1)]
+    assert [line for batch in read_line_range(str(path), 0, -1) for line in batch] == [b"a", b"b", b"", b"c"]

@@ -1,203 +1,120 @@
-"""Poison records: a step that throws on one record dead-letters that record (stage, processing_error, exception
-text, original bytes) and the other records go on; outputs are all-or-nothing per element.
+"""Poison records: a step that throws on a batch is retried record by record, and only the records that throw on their
+own become dead letters (stage, processing_error, exception text, original bytes); the others go on.
 
-The throwing steps here are test DoFns and functions built to fail on one chosen record; the whole-graph timelines
-are in tests/streaming/test_poison_records.py.
+The throwing steps here are functions built to fail on one chosen record; the whole-graph timelines are in
+tests/streaming/test_poison_records.py.
 """
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
-import pytest
-from apache_beam.coders import VarIntCoder
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
+import schemas
 from transforms import dead_letter as dl
-from transforms.guard import dead_letter_on_error, guarded_map, processing_error_dead_letters, records_in
-from transforms.metrics import NAMESPACE as METRICS_NAMESPACE
-from transforms.records import Event, SourceRecord
+from transforms import metrics
+from transforms.guard import guarded
+from transforms.records import SourceRecord
+
+RECORDS = [SourceRecord(f'{{"event_id":"e{i}"}}'.encode(), "topic-a", {"offset": i}) for i in range(6)]
+POISON = SourceRecord(b'{"event_id":"poison","raw":"\xff bytes kept"}', "topic-a", {"offset": 99})
 
 
-def event(event_id: str, payload: bytes | None = None, metadata: dict[str, Any] | None = None) -> Event:
-    return Event(
-        event_id,
-        "click",
-        "u",
-        1_700_000_000_000_000,
+def doubled(records: Sequence[SourceRecord]) -> list[bytes]:
+    """A step: throws if the poison record is among its records, with an object address in the message."""
+    if any(record == POISON for record in records):
+        raise ZeroDivisionError(f"cannot handle poison at {object()}")
+    return [record.payload * 2 for record in records]
+
+
+def test_a_batch_that_does_not_throw_is_one_call_and_one_result() -> None:
+    calls: list[int] = []
+
+    def step(records: Sequence[SourceRecord]) -> list[bytes]:
+        calls.append(len(records))
+        return doubled(records)
+
+    results, dead = guarded(step, RECORDS, lambda r: r, dl.STAGE_DEDUP, "Doubled")
+    assert results == [[r.payload * 2 for r in RECORDS]]
+    assert dead == []
+    assert calls == [len(RECORDS)]
+
+
+def test_a_batch_that_throws_is_retried_record_by_record_and_only_the_poison_is_dead_lettered() -> None:
+    batch = [*RECORDS[:3], POISON, *RECORDS[3:]]
+    results, dead = guarded(doubled, batch, lambda r: r, dl.STAGE_DEDUP, "Doubled")
+    assert results == [[r.payload * 2] for r in RECORDS]  # every other record, once, in order
+    assert len(dead) == 1
+    (row,) = dead
+    assert (row["error_code"], row["error_field"], row["stage"], dl.original_payload(row), row["source"]) == (
+        dl.PROCESSING_ERROR,
         None,
-        0,
-        None,
-        None,
-        payload if payload is not None else f'{{"event_id":"{event_id}"}}'.encode(),
+        "dedup",
+        POISON.payload,
         "topic-a",
-        metadata if metadata is not None else {"offset": int(event_id[1:]) if event_id[1:].isdigit() else -1},
-        0,
     )
+    assert row["source_metadata"] == {"offset": 99}
+    assert row["error_message"].startswith("Doubled failed: ZeroDivisionError: cannot handle poison")
+    assert " at 0x" not in row["error_message"]  # no memory address: the same record gives the same text
+    assert set(row) == set(schemas.bigquery_field_names("dead_letter"))
 
 
-EVENTS = [event(f"e{i}") for i in range(6)]
-POISON = event("poison", payload=b'{"event_id":"poison","raw":"\xff bytes kept"}', metadata={"offset": 99})
-POISON_B64 = base64.b64encode(POISON.payload).decode()
+def test_the_retry_takes_each_record_with_its_own_function() -> None:
+    # Parse and validate retry with the reference alone: the fast path that threw on the batch is not asked again.
+    def fast(records: Sequence[SourceRecord]) -> str:
+        raise RuntimeError("the fast path has a bug")
+
+    def reference(records: Sequence[SourceRecord]) -> str:
+        (record,) = records
+        if record is POISON:
+            raise ValueError("the reference chokes too")
+        return record.source
+
+    results, dead = guarded(fast, [RECORDS[0], POISON], lambda r: r, dl.STAGE_PARSE, "Parse", one_fn=reference)
+    assert results == ["topic-a"]
+    assert [row["stage"] for row in dead] == ["parse"]
+    assert "ValueError: the reference chokes too" in dead[0]["error_message"]
 
 
-def dead_letter_summary(row: dict[str, Any]) -> tuple:
-    return (row["error_code"], row["error_field"], row["stage"], dl.original_payload(row), row["source"])
+def test_the_items_may_be_anything_the_record_of_which_can_be_found() -> None:
+    positions = list(range(len(RECORDS))) + [99]
+    records = {**dict(enumerate(RECORDS)), 99: POISON}
+    results, dead = guarded(
+        lambda items: doubled([records[i] for i in items]), positions, records.__getitem__, dl.STAGE_WINDOW, "Step"
+    )
+    assert len(results) == len(RECORDS)
+    assert [dl.original_payload(row) for row in dead] == [POISON.payload]
 
 
-class _ExplodesOnPoison(beam.DoFn):
-    """Yields two outputs per event; for the poison one it yields the first, then throws."""
-
-    @dead_letter_on_error(dl.STAGE_DEDUP, "ExplodesOnPoison")
-    def process(self, element: Event, timestamp=beam.DoFn.TimestampParam) -> Iterator[str]:
-        yield f"{element.event_id}:first"
-        if element.event_id == "poison":
-            raise ZeroDivisionError(f"cannot handle {element.event_id} at {object()}")
-        yield f"{element.event_id}:second"
+class _GuardedDoFn(beam.DoFn):
+    def process(self, batch: list[SourceRecord]) -> Iterator[Any]:
+        results, dead = guarded(doubled, batch, lambda r: r, dl.STAGE_EVENT_TIME, "Doubled")
+        for row in dead:
+            yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER_TAG, row)
+        for result in results:
+            yield from result
 
 
-def test_a_throwing_dofn_dead_letters_the_record_and_emits_nothing_else_for_it() -> None:
+def test_in_a_pipeline_the_poison_is_counted_and_the_rest_flows() -> None:
     with BeamTestPipeline() as p:
         out = (
             p
-            | beam.Create([*EVENTS[:3], POISON, *EVENTS[3:]])
-            | beam.ParDo(_ExplodesOnPoison()).with_outputs(dl.DEAD_LETTER_TAG, main="main")
+            | beam.Create([[RECORDS[0], POISON, RECORDS[1]], RECORDS[2:]])
+            | beam.ParDo(_GuardedDoFn()).with_outputs(dl.DEAD_LETTER_TAG, main="main")
         )
-        good = [f"{e.event_id}:{part}" for e in EVENTS for part in ("first", "second")]
-        assert_that(out.main, equal_to(good), label="AllOthersAndNoPartialOutput")
-
-        def check(rows: list[dict[str, Any]]) -> None:
-            assert len(rows) == 1
-            (row,) = rows
-            assert dead_letter_summary(row) == (dl.PROCESSING_ERROR, None, "dedup", POISON.payload, "topic-a")
-            assert row["source_metadata"] == {"offset": 99}
-            assert row["error_message"].startswith("ExplodesOnPoison failed: ZeroDivisionError: cannot handle poison")
-            assert " at 0x" not in row["error_message"]  # no memory address: the same record gives the same text
-            assert set(row) == set(schemas_dead_letter_fields())
-
-        assert_that(out[dl.DEAD_LETTER_TAG], check, label="OneDeadLetter")
+        assert_that(out.main, equal_to([r.payload * 2 for r in RECORDS]), label="Main")
+        assert_that(
+            out[dl.DEAD_LETTER_TAG] | beam.Map(lambda row: (row["stage"], dl.original_payload(row))),
+            equal_to([("event_time", POISON.payload)]),
+            label="DeadLetter",
+        )
     counters = {
         r.key.metric.name: r.committed
-        for r in p.result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]
+        for r in p.result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))["counters"]
     }
-    assert counters["processing_errors"] == 1
-
-
-def schemas_dead_letter_fields() -> tuple[str, ...]:
-    import schemas
-
-    return schemas.bigquery_field_names("dead_letter")
-
-
-class _StatefulExplodes(beam.DoFn):
-    """A stateful DoFn (keyed state and a DoFn param) keeps working under the decorator."""
-
-    SEEN = ReadModifyWriteStateSpec("seen", VarIntCoder())
-
-    @dead_letter_on_error(dl.STAGE_DEDUP)
-    def process(self, element: tuple[str, Event], seen=beam.DoFn.StateParam(SEEN)) -> Iterator[str]:
-        count = (seen.read() or 0) + 1
-        seen.write(count)
-        if element[1].event_id == "poison":
-            raise KeyError("no such thing")
-        yield f"{element[1].event_id}:{count}"
-
-
-def test_decorated_stateful_dofn_keeps_state_and_dead_letters_the_poison_record() -> None:
-    with BeamTestPipeline() as p:
-        out = (
-            p
-            | beam.Create([("k", EVENTS[0]), ("k", POISON), ("j", EVENTS[1])])
-            | beam.ParDo(_StatefulExplodes()).with_outputs(dl.DEAD_LETTER_TAG, main="main")
-        )
-        assert_that(out.main | beam.Map(lambda s: s.split(":")[0]), equal_to(["e0", "e1"]), label="Main")
-        assert_that(
-            out[dl.DEAD_LETTER_TAG] | beam.Map(dead_letter_summary),
-            equal_to([(dl.PROCESSING_ERROR, None, "dedup", POISON.payload, "topic-a")]),
-            label="Dead",
-        )
-        assert_that(
-            out[dl.DEAD_LETTER_TAG] | "Message" >> beam.Map(lambda r: r["error_message"]),
-            equal_to(["_StatefulExplodes failed: KeyError: 'no such thing'"]),
-            label="Message",
-        )
-
-
-def _stamp_or_explode(item: Event) -> str:
-    if item.event_id == "poison":
-        raise ValueError("bad poison")
-    return item.event_id.upper()
-
-
-def test_guarded_map_dead_letters_what_the_function_cannot_take() -> None:
-    with BeamTestPipeline() as p:
-        out = (
-            p
-            | beam.Create([EVENTS[0], POISON, EVENTS[1]])
-            | "Stamp" >> guarded_map(_stamp_or_explode, dl.STAGE_EVENT_TIME, str, main="stamped", label="Apply")
-        )
-        assert_that(out.stamped, equal_to(["E0", "E1"]), label="Main")
-        assert_that(
-            out[dl.DEAD_LETTER_TAG] | beam.Map(lambda r: (r["stage"], r["error_message"], r["payload"])),
-            equal_to(
-                [
-                    (
-                        "event_time",
-                        "_stamp_or_explode failed: ValueError: bad poison",
-                        base64.b64encode(POISON.payload).decode(),
-                    )
-                ]
-            ),
-            label="Dead",
-        )
-
-
-def test_a_group_of_records_gives_one_dead_letter_per_record() -> None:
-    group = ("id-1", [EVENTS[0], POISON, EVENTS[1]])
-    rows = processing_error_dead_letters(group, dl.STAGE_DEDUP, "KeepFirst", RuntimeError("boom"))
-    assert [dl.original_payload(r) for r in rows] == [EVENTS[0].payload, POISON.payload, EVENTS[1].payload]
-    assert {r["stage"] for r in rows} == {"dedup"} and {r["error_code"] for r in rows} == {"processing_error"}
-
-
-@pytest.mark.parametrize(
-    ("element", "found"),
-    [
-        pytest.param(POISON, [POISON], id="event"),
-        pytest.param(SourceRecord(b"x", "s"), [SourceRecord(b"x", "s")], id="source-record"),
-        pytest.param(({"obj": 1}, SourceRecord(b"y", "s")), [SourceRecord(b"y", "s")], id="parsed-pair"),
-        pytest.param((("click", "/p"), POISON), [POISON], id="keyed"),
-        pytest.param(beam.window.TimestampedValue(POISON, 5), [POISON], id="timestamped"),
-        pytest.param(("k", iter([POISON, EVENTS[0]])), [POISON, EVENTS[0]], id="grouped"),
-        pytest.param({"window_start": "x"}, [], id="a-row"),
-        pytest.param(b"bytes", [], id="bytes"),
-        pytest.param(7, [], id="int"),
-    ],
-)
-def test_records_in(element: Any, found: list) -> None:
-    assert records_in(element) == found
-
-
-def test_an_element_without_a_record_is_described_not_lost() -> None:
-    class Odd:
-        def __repr__(self) -> str:
-            raise RuntimeError("no repr")
-
-    for element, described in [
-        (("click", "/p", 3), "('click', '/p', 3)"),
-        (Odd(), "<Odd: repr failed with RuntimeError>"),
-    ]:
-        (row,) = processing_error_dead_letters(element, dl.STAGE_WINDOW, "ToRow", TypeError("x" * 5000))
-        assert row["payload"] is None and row["source"] is None
-        assert row["source_metadata"] == {"element": described}
-        assert len(row["error_message"]) == dl.MAX_MESSAGE_CHARS
-
-
-def test_stages_and_codes_are_listed() -> None:
-    assert dl.PROCESSING_ERROR in dl.ERROR_CODES
-    assert dl.STAGES == ("parse", "validate", "event_time", "dedup", "window", "write")
+    assert counters[metrics.PROCESSING_ERRORS] == 1

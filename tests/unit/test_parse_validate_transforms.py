@@ -1,4 +1,5 @@
-"""ParseEvents and ValidateEvents in a Beam pipeline: outputs, and dead-letter rows complete and replayable."""
+"""ParseEvents and ValidateEvents (on batches gathered by BatchRecords) in a Beam pipeline: outputs, and dead-letter
+rows complete and replayable."""
 
 from __future__ import annotations
 
@@ -17,12 +18,12 @@ from apache_beam.transforms.window import TimestampedValue
 
 import schemas
 from transforms import dead_letter as dl
+from transforms.batching import BatchRecords
 from transforms.io.files import read_avro_container
 from transforms.metrics import NAMESPACE as METRICS_NAMESPACE
-from transforms.parse import ParseEvents
-from transforms.records import Event, SourceRecord
+from transforms.parse_validate import ParseEvents, ValidateEvents, ValidBatch
+from transforms.records import SourceRecord
 from transforms.timefmt import format_rfc3339_us, parse_rfc3339_us
-from transforms.validate import ValidateEvents
 
 DEAD_LETTER_FIELDS = (
     "error_code",
@@ -66,6 +67,15 @@ def check_dead_letters(expected: list[tuple[Any, ...]], stage: str, started_us: 
     return matcher
 
 
+def events(checked: ValidBatch):
+    """Each valid event of a batch: (event_id, event_time_us, key, payload, source, metadata, value, arrival_us)."""
+    batch = checked.batch
+    for v in checked.valid:
+        record = batch.record(v[0])
+        arrival = batch.arrivals[v[0]] if batch.arrivals else None
+        yield (v[1], v[4], v[8], record.payload, record.source, record.metadata, v[6], arrival)
+
+
 def padded(size: int) -> bytes:
     payload = VALID[:-1] + b',"pad":""}'
     return VALID[:-1] + b',"pad":"' + b"x" * (size - len(payload)) + b'"}'
@@ -104,20 +114,23 @@ def test_parse_and_validate_json_in_a_pipeline() -> None:
         ("e-1", VALID_US, "/p", records[5].payload, "topic-a", {"offset": 14}),
     ]
     pipeline = BeamTestPipeline()
-    parsed = pipeline | beam.Create(records) | ParseEvents("json", max_payload_bytes=512)
-    validated = parsed.parsed | ValidateEvents()
+    parsed = pipeline | beam.Create(records) | BatchRecords() | ParseEvents("json", max_payload_bytes=512)
+    validated = parsed.parsed | ValidateEvents("json", max_payload_bytes=512)
     assert_that(parsed.dead_letter, check_dead_letters(parse_dead, dl.STAGE_PARSE, started), label="ParseDead")
     assert_that(
-        parsed.parsed | "ParsedSources" >> beam.Map(lambda pair: (type(pair[0]).__name__, pair[1].payload)),
-        equal_to([("dict", r.payload) for r in (records[0], records[5], records[6], records[7], records[8])]),
+        parsed.parsed
+        | "ParsedSources"
+        >> beam.FlatMap(
+            lambda p: [p.batch.payloads[v[0]] for v in p.valid] + [p.batch.payloads[i] for i, _ in p.decoded]
+        ),
+        equal_to([r.payload for r in (records[0], records[5], records[6], records[7], records[8])]),
         label="Parsed",
     )
     assert_that(
         validated.dead_letter, check_dead_letters(validate_dead, dl.STAGE_VALIDATE, started), label="ValidateDead"
     )
     assert_that(
-        validated.valid
-        | "Summaries" >> beam.Map(lambda e: (e.event_id, e.event_time_us, e.key, e.payload, e.source, e.metadata)),
+        validated.valid | "Summaries" >> beam.FlatMap(lambda c: [e[:6] for e in events(c)]).with_output_types(Any),
         equal_to(valid),
         label="Valid",
     )
@@ -135,23 +148,30 @@ def test_every_input_is_exactly_one_output() -> None:
     payloads = [VALID, b"", b"\xff", b"{}", b"null", VALID + b"x", VALID.replace(b"click", b"Click"), b"[" * 5000]
     records = [SourceRecord(p, "s", {"n": i}) for i, p in enumerate(payloads)]
     with BeamTestPipeline() as pipeline:
-        parsed = pipeline | beam.Create(records) | ParseEvents()
+        parsed = pipeline | beam.Create(records) | BatchRecords() | ParseEvents()
         validated = parsed.parsed | ValidateEvents()
         outputs = (
             parsed.dead_letter | "P" >> beam.Map(lambda row: row["source_metadata"]["n"]),
             validated.dead_letter | "V" >> beam.Map(lambda row: row["source_metadata"]["n"]),
-            validated.valid | "E" >> beam.Map(lambda e: e.metadata["n"]),
+            validated.valid | "E" >> beam.FlatMap(lambda c: [e[5]["n"] for e in events(c)]),
         )
         assert_that(outputs | beam.Flatten(), equal_to(list(range(len(payloads)))))
 
 
-def test_validate_uses_the_element_timestamp_as_arrival_time() -> None:
-    records = [SourceRecord(VALID, "s", None)]
+def test_each_record_keeps_its_element_timestamp_as_arrival_time() -> None:
+    records = [SourceRecord(VALID, "s", {"n": 0}), SourceRecord(VALID.replace(b"e-1", b"e-2"), "s", {"n": 1})]
     with BeamTestPipeline() as pipeline:
         valid = (
-            pipeline | beam.Create(records) | beam.Map(lambda r: TimestampedValue(r, 1_700_000_005)) | ParseEvents()
+            pipeline
+            | beam.Create(records)
+            | beam.Map(lambda r: TimestampedValue(r, 1_700_000_005 + r.metadata["n"]))
+            | BatchRecords()
+            | ParseEvents()
         ).parsed | ValidateEvents()
-        assert_that(valid.valid | beam.Map(lambda e: e.arrival_us), equal_to([1_700_000_005_000_000]))
+        assert_that(
+            valid.valid | beam.FlatMap(lambda c: [e[7] for e in events(c)]),
+            equal_to([1_700_000_005_000_000, 1_700_000_006_000_000]),
+        )
 
 
 def avro_bytes(**changes: Any) -> bytes:
@@ -195,14 +215,15 @@ def test_parse_and_validate_avro_in_a_pipeline() -> None:
     ]
     validate_dead = [(dl.INVALID_VALUE, "event_id", records[4].payload, "sub-2", {"offset": 5})]
     with BeamTestPipeline() as pipeline:
-        parsed = pipeline | beam.Create(records) | ParseEvents("avro")
-        validated = parsed.parsed | ValidateEvents()
+        parsed = pipeline | beam.Create(records) | BatchRecords() | ParseEvents("avro")
+        validated = parsed.parsed | ValidateEvents("avro")
         assert_that(parsed.dead_letter, check_dead_letters(parse_dead, dl.STAGE_PARSE, started), label="ParseDead")
         assert_that(
             validated.dead_letter, check_dead_letters(validate_dead, dl.STAGE_VALIDATE, started), label="ValidateDead"
         )
         assert_that(
-            validated.valid | beam.Map(lambda e: (e.event_id, e.value, e.payload, e.source, e.metadata)),
+            validated.valid
+            | beam.FlatMap(lambda c: [(e[0], e[6], e[3], e[4], e[5]) for e in events(c)]).with_output_types(Any),
             equal_to(
                 [
                     ("a-1", 2.5, good, "sub-1", {"publish_time": "2023-11-14T22:13:20Z"}),
@@ -219,11 +240,11 @@ def test_parse_events_rejects_an_unknown_format_at_construction() -> None:
         ParseEvents("xml")
 
 
-def test_valid_output_is_typed_as_event() -> None:
+def test_records_of_several_sources_make_batches_of_one_source_each() -> None:
+    records = [SourceRecord(VALID, "a"), SourceRecord(VALID, "b"), SourceRecord(VALID, "b")]
     with BeamTestPipeline() as pipeline:
-        valid = (pipeline | beam.Create([SourceRecord(VALID, "s")]) | ParseEvents()).parsed | ValidateEvents()
-        assert valid.valid.element_type is Event
-        assert_that(valid.valid | beam.Map(lambda e: type(e).__name__), equal_to(["Event"]))
+        valid = (pipeline | beam.Create(records) | BatchRecords() | ParseEvents()).parsed | ValidateEvents()
+        assert_that(valid.valid | beam.FlatMap(lambda c: [e[4] for e in events(c)]), equal_to(["a", "b", "b"]))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from pipelines.streaming_analytics import run
 from pipelines.summary import final_panes, read_rows
 from transforms import dead_letter as dl
 from transforms.pseudonymize import MIN_KEY_BYTES, Pseudonymizer, load_key
-from transforms.records import Event
 from transforms.secrets import SecretError
 from transforms.sketch import DistinctSketch
 
@@ -32,10 +31,6 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 
 def _hmac(user_id: str, key: bytes = KEY) -> str:
     return hmac.new(key, user_id.encode(), hashlib.sha256).hexdigest()
-
-
-def _event(user_id: str = "alice@example.com", key: str | None = "/home") -> Event:
-    return Event("e1", "click", user_id, 1, "/home", 1, None, key, b"{}", "test", None, 1)
 
 
 def _row(payload: bytes | None, metadata: dict | None = None) -> dict:
@@ -61,11 +56,13 @@ def test_rfc4231_vector():
         Pseudonymizer(b"Jefe")
 
 
-def test_event_user_id_and_user_id_key():
+def test_valid_events_user_id_and_user_id_key():
     p = Pseudonymizer(KEY)
-    assert p.event(_event(), key_is_user_id=False) == _event(_hmac("alice@example.com"), "/home")
+    valid = [(0, "e1", "click", "alice@example.com", 5, "/home", 1, None, "/home")]
     pseudo = _hmac("alice@example.com")
-    assert p.event(_event(key="alice@example.com"), key_is_user_id=True) == _event(pseudo, pseudo)
+    assert p.valid(valid, key_is_user_id=False) == [(0, "e1", "click", pseudo, 5, "/home", 1, None, "/home")]
+    keyed = [(*valid[0][:8], "alice@example.com")]
+    assert p.valid(keyed, key_is_user_id=True) == [(0, "e1", "click", pseudo, 5, "/home", 1, None, pseudo)]
 
 
 # ---- dead letters --------------------------------------------------------------------------------------------------

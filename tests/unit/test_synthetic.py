@@ -143,16 +143,13 @@ def test_read_synthetic_in_a_pipeline_matches_generate():
     uri = "synthetic://?events=21000&seed=4"
     expected = [(seq, arrival, payload) for seq, arrival, payload in generate(parse_synthetic_uri(uri))]
     with beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions([])) as p:
-        records = p | ReadSynthetic(uri) | beam.ParDo(_with_timestamp)
+        records = p | ReadSynthetic(uri) | beam.FlatMap(_records_of)
         assert_that(records, equal_to(expected))
 
 
-class _WithTimestamp(beam.DoFn):
-    def process(self, record, timestamp=beam.DoFn.TimestampParam):
-        yield record.metadata["sequence"], timestamp.micros, record.payload
-
-
-_with_timestamp = _WithTimestamp()
+def _records_of(batch):
+    for i, payload in enumerate(batch.payloads):
+        yield batch.metadata[i]["sequence"], batch.arrivals[i], payload
 
 
 def test_arrival_times_are_ordered_and_spaced_by_rate():

@@ -22,7 +22,9 @@ def test_generates_rate_records_per_second_for_the_duration_stamped_by_wall_cloc
 
     with beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions()) as p:
         records = p | ReadSynthetic("synthetic://?rate=20&duration=3&bad=0.1", streaming=True)
-        stamped = records | beam.Map(lambda r, t=beam.DoFn.TimestampParam: (r.metadata["sequence"], t.micros))
+        stamped = records | beam.FlatMap(
+            lambda b: [(m["sequence"], t) for m, t in zip(b.metadata, b.arrivals, strict=True)]
+        )
         assert_that(stamped, check)
 
 

@@ -15,6 +15,7 @@ from pipelines import labels
 DESIGNED = {
     "both": [
         "ReadRecords",
+        "StreamingAnalytics/BatchRecords",
         "StreamingAnalytics/ParseEvents",
         "StreamingAnalytics/ValidateEvents",
         "StreamingAnalytics/AssignEventTime",

@@ -11,7 +11,7 @@ import apache_beam as beam
 
 from transforms.io.bigquery import SCHEME as BIGQUERY
 from transforms.io.bigquery import STREAMING_INSERTS, WriteToBigQueryTable, parse_bigquery_uri
-from transforms.io.files import ReadAvroFiles, ReadJsonLineBatches, ReadJsonLines, WriteJsonLines
+from transforms.io.files import ReadAvroFiles, ReadJsonLineBatches, WriteJsonLines
 from transforms.io.kafka import SCHEME as KAFKA
 from transforms.io.kafka import KafkaSettings, ReadKafkaRecords, WriteKafkaRows, parse_kafka_uri
 from transforms.io.pubsub import SCHEME as PUBSUB
@@ -107,9 +107,10 @@ def is_cross_language(uri: str) -> bool:
 
 
 class ReadRecords(beam.PTransform):
-    """Any supported source URI -> SourceRecords (timestamped by arrival where the source knows it).
+    """Any supported source URI -> SourceRecords or RecordBatches (timestamped by arrival where the source knows it).
 
-    Bounded sources read in batch mode give ``RecordBatch``es instead (transforms/batched.py).
+    Sources that can read many records at once (files, the synthetic generator) give ``RecordBatch``es; brokers give
+    one SourceRecord per message, which the graph gathers into batches itself (transforms/batching.py).
     """
 
     def __init__(
@@ -132,17 +133,15 @@ class ReadRecords(beam.PTransform):
                     for seq, arrival, payload in generate(spec)
                 )
                 return pbegin | "Replay" >> replay_stream(arrivals)
-            return pbegin | "Synthetic" >> ReadSynthetic(self._uri, streaming=self._streaming, batched=True)
+            return pbegin | "Synthetic" >> ReadSynthetic(self._uri, streaming=self._streaming)
         if scheme == PUBSUB:
             return pbegin | "PubSub" >> ReadPubSubRecords(self._uri)
         if scheme == KAFKA:
             return pbegin | "Kafka" >> ReadKafkaRecords(self._uri, self._kafka)
         path = _local_path(self._uri)
         if self._fmt == "avro":
-            return pbegin | "AvroFiles" >> ReadAvroFiles(path, batched=not self._streaming)
-        if not self._streaming:
-            return pbegin | "JsonLines" >> ReadJsonLineBatches(path)
-        return pbegin | "JsonLines" >> ReadJsonLines(path)
+            return pbegin | "AvroFiles" >> ReadAvroFiles(path)
+        return pbegin | "JsonLines" >> ReadJsonLineBatches(path)
 
 
 class WriteRows(beam.PTransform):

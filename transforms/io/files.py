@@ -13,7 +13,6 @@ from typing import Any
 import apache_beam as beam
 import fastavro
 import orjson
-from apache_beam import coders
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -22,27 +21,6 @@ import schemas
 from transforms import dead_letter as dl
 from transforms.parse import avro_nulls_as_absent, writer_decoder
 from transforms.records import RecordBatch, SourceRecord
-
-
-class ReadJsonLines(beam.PTransform):
-    """Each line of the matched files, as raw bytes (an undecodable line is a record like any other)."""
-
-    def __init__(self, pattern: str) -> None:
-        super().__init__()
-        self._pattern = pattern
-
-    def expand(self, pbegin):
-        return (
-            pbegin
-            # Remote globs are matched when the job runs, not while the graph is built (a launcher may lack
-            # access to the bucket, and building offline must not wait on it).
-            | "ReadLines"
-            >> beam.io.ReadFromTextWithFilename(
-                self._pattern, coder=coders.BytesCoder(), validate="://" not in self._pattern
-            )
-            | "ToRecord" >> beam.MapTuple(lambda path, line: SourceRecord(line, path)).with_output_types(SourceRecord)
-        )
-
 
 # Bounded JSON-lines input is read in byte ranges (spread over workers) and handed on in batches of lines.
 RANGE_BYTES = 4 << 20
@@ -110,7 +88,7 @@ def read_line_range(path: str, start: int, end: int, batch_lines: int = BATCH_LI
 
 
 class ReadJsonLineBatches(beam.PTransform):
-    """The lines of the matched files as ``RecordBatch``es (bounded input; the same lines as ``ReadJsonLines``)."""
+    """The lines of the matched files as ``RecordBatch``es: exactly the lines Beam's text source yields."""
 
     def __init__(self, pattern: str) -> None:
         super().__init__()
@@ -173,22 +151,17 @@ def avro_container_batches(path: str, data: bytes, batch_records: int = BATCH_LI
 
 
 class ReadAvroFiles(beam.PTransform):
-    """Every record of the matched Avro container files (in ``RecordBatch``es when ``batched``)."""
+    """Every record of the matched Avro container files, in ``RecordBatch``es."""
 
-    def __init__(self, pattern: str, batched: bool = False) -> None:
+    def __init__(self, pattern: str) -> None:
         super().__init__()
         self._pattern = pattern
-        self._batched = batched
 
     def expand(self, pbegin):
         files = pbegin | "Match" >> fileio.MatchFiles(self._pattern) | "Open" >> fileio.ReadMatches()
-        if self._batched:
-            return files | "Batches" >> beam.FlatMap(
-                lambda f: avro_container_batches(f.metadata.path, f.read())
-            ).with_output_types(RecordBatch)
-        return files | "Records" >> beam.FlatMap(
-            lambda f: read_avro_container(f.metadata.path, f.read())
-        ).with_output_types(SourceRecord)
+        return files | "Batches" >> beam.FlatMap(
+            lambda f: avro_container_batches(f.metadata.path, f.read())
+        ).with_output_types(RecordBatch)
 
 
 class _ProcessAppender:

@@ -23,7 +23,7 @@ from apache_beam.transforms.periodicsequence import PeriodicImpulse
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
 import schemas
-from transforms.records import RecordBatch, SourceRecord
+from transforms.records import RecordBatch
 from transforms.timefmt import format_rfc3339_us, parse_rfc3339_us
 
 SCHEME = "synthetic"
@@ -188,11 +188,6 @@ def generate(spec: SyntheticSpec) -> Iterator[tuple[int, int, bytes]]:
         yield from generate_block(spec, block)
 
 
-def _records_of_block(block: int, spec: SyntheticSpec, source: str) -> Iterator[beam.window.TimestampedValue]:
-    for seq, arrival, payload in generate_block(spec, block):
-        yield beam.window.TimestampedValue(SourceRecord(payload, source, {"sequence": seq}), Timestamp(micros=arrival))
-
-
 def _batch_of_block(block: int, spec: SyntheticSpec, source: str) -> Iterator[RecordBatch]:
     generated = list(generate_block(spec, block))
     if generated:
@@ -205,16 +200,15 @@ def _batch_of_block(block: int, spec: SyntheticSpec, source: str) -> Iterator[Re
 
 
 class ReadSynthetic(beam.PTransform):
-    """Bounded: ``events`` records (one ``RecordBatch`` per block when ``batched``). Unbounded (streaming): ``rate``
-    records/s forever, stamped by wall clock."""
+    """Bounded: ``events`` records, one ``RecordBatch`` per block. Unbounded (streaming): ``rate`` records/s forever
+    (or for ``duration`` seconds), one ``RecordBatch`` per tick, stamped by wall clock."""
 
-    def __init__(self, uri: str, streaming: bool = False, tick_s: float = 1.0, batched: bool = False) -> None:
+    def __init__(self, uri: str, streaming: bool = False, tick_s: float = 1.0) -> None:
         super().__init__()
         self._uri = uri
         self._spec = parse_synthetic_uri(uri)
         self._streaming = streaming
         self._tick_s = tick_s
-        self._batched = batched and not streaming
 
     def expand(self, pbegin):
         spec = self._spec
@@ -225,24 +219,24 @@ class ReadSynthetic(beam.PTransform):
                 pbegin
                 | "Blocks" >> beam.Create(blocks)
                 | "Spread" >> beam.Reshuffle()
-                | "Generate"
-                >> (
-                    beam.FlatMap(_batch_of_block, spec, source).with_output_types(RecordBatch)
-                    if self._batched
-                    else beam.FlatMap(_records_of_block, spec, source).with_output_types(SourceRecord)
-                )
+                | "Generate" >> beam.FlatMap(_batch_of_block, spec, source).with_output_types(RecordBatch)
             )
         per_tick = max(1, int(spec.rate * self._tick_s))
         tick_spec = replace(spec, rate=per_tick / self._tick_s)
 
-        def tick_records(tick: float) -> Iterator[beam.window.TimestampedValue]:
+        def tick_batch(tick: float) -> Iterator[beam.window.TimestampedValue]:
             # Each tick (PeriodicImpulse emits its time in seconds) is its own block of records, arriving over
             # the tick that starts at that wall-clock time.
             tick_us = Timestamp.of(tick).micros
             number = int(tick_us // int(self._tick_s * _US))
-            for seq, arrival, payload in generate_block(tick_spec, number, per_tick, anchor_us=tick_us):
-                record = SourceRecord(payload, source, {"sequence": seq})
-                yield beam.window.TimestampedValue(record, Timestamp(micros=arrival))
+            generated = list(generate_block(tick_spec, number, per_tick, anchor_us=tick_us))
+            batch = RecordBatch(
+                source,
+                [payload for _, _, payload in generated],
+                [{"sequence": seq} for seq, _, _ in generated],
+                arrivals=[arrival for _, arrival, _ in generated],
+            )
+            yield beam.window.TimestampedValue(batch, Timestamp(micros=tick_us))
 
         # Explicit start: PeriodicImpulse's default start is the time its module was imported.
         start = Timestamp.now()
@@ -250,5 +244,5 @@ class ReadSynthetic(beam.PTransform):
         return (
             pbegin
             | "Ticks" >> PeriodicImpulse(start_timestamp=start, stop_timestamp=stop, fire_interval=self._tick_s)
-            | "Generate" >> beam.FlatMap(tick_records).with_output_types(SourceRecord)
+            | "Generate" >> beam.FlatMap(tick_batch).with_output_types(RecordBatch)
         )
