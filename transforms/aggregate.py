@@ -270,6 +270,8 @@ class _FormatRowDoFn(beam.DoFn):
         }
         self._arrival_latency = metrics.distribution(metrics.LATENCY_ARRIVAL_TO_EMIT_MS)
         self._event_latency = metrics.distribution(metrics.LATENCY_EVENT_TO_EMIT_MS)
+        self._arrival_buckets = metrics.LatencyBuckets(metrics.LATENCY_ARRIVAL_TO_EMIT_MS)
+        self._event_buckets = metrics.LatencyBuckets(metrics.LATENCY_EVENT_TO_EMIT_MS)
         self._freshness = metrics.gauge(metrics.FRESHNESS_LAG_MS)
         self._newest_window_end_us = _NONE_YET
 
@@ -288,8 +290,12 @@ class _FormatRowDoFn(beam.DoFn):
         self._rows.inc()
         self._by_timing[pane.timing].inc()
         if not self._bounded:
-            self._arrival_latency.update((emitted_at_us - result.newest_arrival_us) // 1000)
-            self._event_latency.update((emitted_at_us - result.newest_event_us) // 1000)
+            arrival_ms = (emitted_at_us - result.newest_arrival_us) // 1000
+            event_ms = (emitted_at_us - result.newest_event_us) // 1000
+            self._arrival_latency.update(arrival_ms)
+            self._event_latency.update(event_ms)
+            self._arrival_buckets.update(arrival_ms)
+            self._event_buckets.update(event_ms)
             self._newest_window_end_us = max(self._newest_window_end_us, window.end.micros)
             self._freshness.set((emitted_at_us - self._newest_window_end_us) // 1000)
         return aggregate_row(group, result, window, pane, emitted_at_us)

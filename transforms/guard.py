@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from transforms import dead_letter as dl
-from transforms import metrics
 from transforms.records import SourceRecord
 
 _LOG = logging.getLogger(__name__)
@@ -57,6 +56,4 @@ def guarded(
             results.append(alone([item]))
         except Exception as exc:  # noqa: BLE001 - that record's processing_error dead letter
             dead_letters.append(processing_error_dead_letter(record_of(item), stage, step, exc))
-    if dead_letters:
-        metrics.counter(metrics.PROCESSING_ERRORS).inc(len(dead_letters))
     return results, dead_letters

@@ -3,6 +3,11 @@
 They are Beam metrics, so every runner carries them: the direct runner's result, Flink's metric reporters
 (Prometheus: docs/operations.md), Dataflow's Cloud Monitoring (custom counters and distributions). Counting
 happens per batch, never per event, so the cost per event is negligible.
+
+Each name is reported by one transform only: Flink keeps one metric per name and fused stage, so two transforms of a
+stage counting the same name would show one of them, not their sum (records a step threw on are counted once, by
+code, as ``dead_letters_processing_error``). Flink's Prometheus reporter shows a Beam distribution as 0, so the
+latencies are also reported as cumulative bucket counters (``latency_buckets``).
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ DUPLICATES = "duplicates"  # dropped by the event_id dedup
 TOO_LATE = "too_late"  # beyond the allowed lateness: dead letters (too_late)
 DEAD_LETTERS = "dead_letters"  # every dead letter, whatever its code and stage
 AGGREGATE_ROWS = "aggregate_rows"  # every aggregate row emitted, whatever its pane
-PROCESSING_ERRORS = "processing_errors"  # records a step threw on (dead letters processing_error)
 DEDUP_STATE_IDS = "dedup_state_ids"  # ids held in dedup state: + ids added, - ids expired
 DEAD_LETTER_PAYLOADS_WITHHELD = "dead_letter_payloads_withheld"
 BIGQUERY_ROWS_REJECTED = "bigquery_rows_rejected"
@@ -32,6 +36,9 @@ BIGQUERY_APPEND_RETRIES = "bigquery_append_retries"
 # --- distributions (milliseconds) ---------------------------------------------------------------------------------
 LATENCY_ARRIVAL_TO_EMIT_MS = "latency_arrival_to_emit_ms"  # source timestamp of a record -> its aggregate row emitted
 LATENCY_EVENT_TO_EMIT_MS = "latency_event_to_emit_ms"  # event time of a record -> its aggregate row emitted
+
+# Upper bounds (ms) of the latency bucket counters; the last bucket, ``_le_inf``, counts every sample.
+LATENCY_BUCKETS_MS = (100, 250, 500, 1000, 2000, 3000, 5000, 10_000, 30_000, 60_000, 300_000, 3_600_000)
 
 # --- gauges -------------------------------------------------------------------------------------------------------
 FRESHNESS_LAG_MS = "freshness_lag_ms"  # processing time - end of the newest window emitted
@@ -54,6 +61,25 @@ def dead_letters_at_stage(stage: str) -> str:
 def aggregate_rows_with_timing(timing: str) -> str:
     """``aggregate_rows_early``, ``aggregate_rows_on_time``, ``aggregate_rows_late``."""
     return f"{AGGREGATE_ROWS}_{timing.lower()}"
+
+
+def latency_bucket(name: str, bound_ms: int | None) -> str:
+    """``latency_arrival_to_emit_ms_le_1000``: samples of ``name`` at most ``bound_ms``; None: ``..._le_inf``."""
+    return f"{name}_le_{'inf' if bound_ms is None else bound_ms}"
+
+
+class LatencyBuckets:
+    """Cumulative bucket counters of one latency (``latency_bucket``): a sample counts in every bucket it fits."""
+
+    def __init__(self, name: str) -> None:
+        self._bounds = LATENCY_BUCKETS_MS
+        self._counters = [counter(latency_bucket(name, bound)) for bound in (*self._bounds, None)]
+
+    def update(self, value_ms: int) -> None:
+        for bound, bucket in zip(self._bounds, self._counters, strict=False):
+            if value_ms <= bound:
+                bucket.inc()
+        self._counters[-1].inc()
 
 
 def counter(name: str) -> beam.metrics.metricbase.Counter:

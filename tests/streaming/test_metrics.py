@@ -62,5 +62,10 @@ def test_every_metric_counts_what_the_stream_held():
         assert distributions[name].count == 3  # one sample per row
         # The stream's times are in 2024: emitted "now", so at least that long ago.
         assert distributions[name].min >= (started_us - at(120).micros) // 1000
+    # The same samples as cumulative bucket counters (Flink's Prometheus reporter shows distributions as 0).
+    bucket = metrics.latency_bucket
+    for name in (metrics.LATENCY_ARRIVAL_TO_EMIT_MS, metrics.LATENCY_EVENT_TO_EMIT_MS):
+        assert counters[bucket(name, None)] == 3
+        assert counters.get(bucket(name, metrics.LATENCY_BUCKETS_MS[-1]), 0) == 0  # the stream is from 2024
     gauges = {g.key.metric.name: g.committed for g in found["gauges"]}
     assert gauges[metrics.FRESHNESS_LAG_MS].value >= (started_us - at(60).micros) // 1000

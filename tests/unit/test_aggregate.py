@@ -314,3 +314,26 @@ def test_add_rows_is_adding_one_by_one(values):
     assert at_once.count == one_by_one.count
     assert at_once.value_sum() == one_by_one.value_sum()  # exact, or the same infinity beyond the double range
     assert at_once.sketch.to_bytes() == one_by_one.sketch.to_bytes()
+
+
+def test_latency_buckets_are_cumulative():
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+
+    from transforms import metrics
+
+    class _Sample(beam.DoFn):
+        def setup(self):
+            self._buckets = metrics.LatencyBuckets("t_ms")
+
+        def process(self, value):
+            self._buckets.update(value)
+
+    with BeamTestPipeline() as p:
+        _ = p | beam.Create([50, 100, 101, 2500, 10**9]) | beam.ParDo(_Sample())
+    found = {
+        c.key.metric.name: c.committed
+        for c in p.result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))["counters"]
+    }
+    assert found["t_ms_le_100"] == 2 and found["t_ms_le_250"] == 3 and found["t_ms_le_3000"] == 4
+    assert found["t_ms_le_inf"] == 5 and found.get(f"t_ms_le_{metrics.LATENCY_BUCKETS_MS[-1]}") == 4
