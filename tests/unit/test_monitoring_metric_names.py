@@ -1,5 +1,6 @@
 """Every Beam metric the monitoring files name is one the pipeline reports (transforms/metrics.py), spelled as the
-runner exports it: the dashboard's and the Prometheus rules' Flink names, the Dataflow alert policies' metric_name.
+runner exports it: the dashboard's and the Prometheus rules' Flink names, the series the promtool tests feed them,
+the Dataflow alert policies' metric_name.
 
 A metric renamed in the graph (processing_errors -> dead_letters_processing_error, dead_letters_stage_<stage> ->
 dead_letter_stage_<stage>) would otherwise leave a panel or an alert silently empty: a counter that is never
@@ -14,12 +15,14 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.monitoring import dashboard_queries, rules
 from transforms import dead_letter as dl
 from transforms import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
+PROMTOOL_TESTS = sorted((ROOT / "monitoring" / "prometheus" / "tests").glob("*_test.yml"))
 POLICIES = sorted((ROOT / "templates" / "monitoring" / "alert-policies").glob("*.json"))
 FLINK_PREFIX = f"flink_taskmanager_job_task_operator_{metrics.NAMESPACE}_"
 SOURCE_KINDS = ("kafka", "pubsub", "file", "synthetic")
@@ -101,3 +104,14 @@ def test_the_names_of_one_family_do_not_overlap_another():
     for family, names in FAMILIES.items():
         others = frozenset().union(*(n for f, n in FAMILIES.items() if f != family)) | PLAIN
         assert not names & others, family
+
+
+@pytest.mark.parametrize("path", PROMTOOL_TESTS, ids=lambda p: p.name)
+def test_promtool_tests_feed_the_rules_series_the_pipeline_reports(path):
+    fed = set()
+    for case in yaml.safe_load(path.read_text())["tests"]:
+        for series in case.get("input_series", ()):
+            name = series["series"].split("{")[0].strip()
+            if name.startswith(FLINK_PREFIX):
+                fed.add(name[len(FLINK_PREFIX) :])
+    assert fed <= REPORTED, sorted(fed - REPORTED)
