@@ -14,6 +14,7 @@ import json
 import re
 from pathlib import Path
 
+import apache_beam as beam
 import pytest
 import yaml
 
@@ -115,3 +116,29 @@ def test_promtool_tests_feed_the_rules_series_the_pipeline_reports(path):
             if name.startswith(FLINK_PREFIX):
                 fed.add(name[len(FLINK_PREFIX) :])
     assert fed <= REPORTED, sorted(fed - REPORTED)
+
+
+def test_every_latency_bucket_is_reported_from_the_first_sample_on():
+    """A bucket counter reported only from its first fitting sample on would be a Prometheus series born later than
+    the others: rate() ignores a series' first value, so those samples would be lost and the quantiles skewed
+    upwards (the lower buckets undercounted against the higher ones)."""
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    class _Sample(beam.DoFn):
+        def setup(self) -> None:
+            self._buckets = metrics.LatencyBuckets("t_ms")
+
+        def process(self, value: int):
+            self._buckets.update(value)
+
+    with TestPipeline() as p:
+        _ = p | beam.Create([4000]) | beam.ParDo(_Sample())
+    found = {
+        c.key.metric.name: c.committed
+        for c in p.result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))["counters"]
+    }
+    assert found == {
+        metrics.latency_bucket("t_ms", bound): int(bound is None or bound >= 4000)
+        for bound in (*metrics.LATENCY_BUCKETS_MS, None)
+    }
