@@ -28,11 +28,13 @@ from services.kafka import create_topics
 from tests.integration.event_mix import MINUTE_US, as_json, event_fields, produce, recent_window
 from tests.integration.results import wait_for
 from tests.monitoring import alert_rules, dashboard_queries, recording_rules
+from transforms.metrics import LATENCY_BUCKETS_MS
 
 pytestmark = pytest.mark.integration
 
 ROUNDS = 3
 P = "flink_taskmanager_job_task_operator_realtime_analytics_"
+LATENCIES = ("latency_arrival_to_emit_ms", "latency_event_to_emit_ms")
 MUST_FIRE = "DeadLetterRatioCritical"
 # Pending (above 1 %, waiting out its 10 minutes) as well: the same load, a lower threshold.
 MAY_BE_PENDING = {"DeadLetterRatioHigh"}
@@ -43,12 +45,6 @@ EMPTY_UNDER_THIS_LOAD = {
     ("Records read /s by source", "A"): "no source kind given to the graph",
     # Beam Java 2.56's KafkaIO sets its backlog gauges outside any metrics container (dropped); 2.62's does not.
     ("Kafka records behind", "A"): "the Flink runner's KafkaIO (Beam Java 2.56) drops its backlog gauges",
-    # On Flink a Beam distribution reads 0 in Prometheus: percentiles need the bucket counters <latency>_le_<bound>.
-    ("p99 arrival → emit (5 min)", "A"): "no latency bucket counters yet",
-    ("Latency arrival → emit", "A"): "no latency bucket counters yet",
-    ("Latency arrival → emit", "B"): "no latency bucket counters yet",
-    ("Latency event time → emit", "A"): "no latency bucket counters yet",
-    ("Latency event time → emit", "B"): "no latency bucket counters yet",
 }
 
 
@@ -114,6 +110,27 @@ def _python_workers_of(job_name: str) -> list[psutil.Process]:
     return workers
 
 
+def _row_snapshot(prometheus, job: str) -> dict[str, dict[str, float]]:
+    """The recorded pane timings and latency buckets of the job, all from one rule evaluation: rule -> timing or le ->
+    value (summed over operators and subtasks)."""
+    names = "|".join(["aggregate_rows_by_timing", *(f"{latency}_bucket" for latency in LATENCIES)])
+    snapshot: dict[str, dict[str, float]] = {name: {} for name in names.split("|")}
+    for row in prometheus.query(f'{{__name__=~"realtime_analytics:({names})", job_name="{job}"}}'):
+        name = row["metric"]["__name__"].split(":", 1)[1]
+        key = row["metric"].get("timing") or row["metric"]["le"]
+        snapshot[name][key] = snapshot[name].get(key, 0.0) + float(row["value"][1])
+    return snapshot
+
+
+def _all_tasks_running(cluster, job_name: str) -> bool:
+    for summary in cluster.jobs():
+        if summary.get("status") == "RUNNING":
+            job = cluster.job(summary["id"])
+            if job.get("name") == job_name:
+                return all(vertex.get("status") == "RUNNING" for vertex in job.get("vertices", ()))
+    return False
+
+
 def test_dashboard_and_alerts_against_a_live_flink_job(kafka_broker, flink_cluster, prometheus, tmp_path):
     bootstrap = kafka_broker.bootstrap_servers
     topic = create_topics(bootstrap, "metrics")["metrics"]
@@ -138,17 +155,19 @@ def test_dashboard_and_alerts_against_a_live_flink_job(kafka_broker, flink_clust
     build_pipeline(pipeline, options)
     result = pipeline.run()
     try:
+        # Every task deployed and its Python worker connected before the first record: the latencies then measure the
+        # pipeline, not the job's start-up (records produced earlier would wait for it in the topic).
+        wait_for(lambda: _all_tasks_running(flink_cluster, job_name), timeout_s=180, what=f"{job_name} running")
         window_a = recent_window()
         expected: Counter = Counter()
         for r in range(ROUNDS):
             payloads, gains = _round(r, window_a)
             produce(bootstrap, topic, payloads)
             expected += gains
-            # Seen by Prometheus before the next round: the next round is an increase rate() can see. The first
-            # round also waits for the job's start (job server, SDK workers).
+            # Seen by Prometheus before the next round: the next round is an increase rate() can see.
             wait_for(
                 lambda n=expected["records_read"]: _total(prometheus, "records_read", job) == n,
-                timeout_s=180 if r == 0 else 60,
+                timeout_s=60,
                 what=f"Prometheus to see {expected['records_read']} records read by {job}",
             )
 
@@ -162,6 +181,31 @@ def test_dashboard_and_alerts_against_a_live_flink_job(kafka_broker, flink_clust
         codes = ("malformed_json", "invalid_type", "invalid_encoding", "too_late")
         expected_by_code = {((("error_code", code),)): float(expected[f"dead_letters_{code}"]) for code in codes}
         wait_for(lambda: _values(prometheus, by_code) == expected_by_code, timeout_s=30, what="recorded dead letters")
+
+        # Each aggregate row is counted once by pane timing and is one sample of each latency. Rows follow the records
+        # by a pane firing, so wait until a rule evaluation (one scrape: a consistent view) shows them all.
+        snapshots = []
+
+        def rows_counted_everywhere() -> bool:
+            snapshot = _row_snapshot(prometheus, job)
+            snapshots.append(snapshot)
+            rows = _total(prometheus, "aggregate_rows", job)
+            counted_by_timing = sum(snapshot["aggregate_rows_by_timing"].values())
+            return (
+                bool(rows)
+                and counted_by_timing == rows
+                and all(snapshot[f"{latency}_bucket"].get("inf") == rows for latency in LATENCIES)
+            )
+
+        wait_for(rows_counted_everywhere, timeout_s=60, what="every aggregate row counted by pane timing and latency")
+        snapshot = snapshots[-1]
+        assert set(snapshot["aggregate_rows_by_timing"]) <= {"early", "on_time", "late"}
+        for latency in LATENCIES:
+            counts = {float(le): v for le, v in snapshot[f"{latency}_bucket"].items()}
+            # Every bucket has a series from the first row on (0 if no sample fitted), so rate() misses none.
+            assert sorted(counts) == [*map(float, LATENCY_BUCKETS_MS), math.inf], (latency, counts)
+            cumulative = [counts[bound] for bound in sorted(counts)]
+            assert cumulative == sorted(cumulative), (latency, counts)
 
         # ---- every dashboard panel --------------------------------------------------------------------------------
         variables = {"job_name": re.escape(job), "__rate_interval": "2m", "datasource": "prometheus"}
@@ -192,14 +236,22 @@ def test_dashboard_and_alerts_against_a_live_flink_job(kafka_broker, flink_clust
         assert 0 <= single("Kafka source lag (s)") < 300
         # The newest window emitted ended 1-4 minutes ago (the load's event times), well under FreshnessLagHigh's 300 s.
         assert 0 < single("Freshness lag") < 300
-        assert single("Dedup state (event ids held)") > 0
-        assert {dict(k)["timing"] for k in panels["Aggregate rows /s by pane"]["A"]} <= {"early", "on_time", "late"}
+        # Ids of the valid events (4 a round) and of the too-late one, which expires once the watermark passes its
+        # event time + the dedup horizon; the duplicate adds none.
+        assert 4 * ROUNDS <= single("Dedup state (event ids held)") <= 5 * ROUNDS
         by_stage = f'sum by (stage) (realtime_analytics:dead_letters_by_stage{{job_name="{job}"}})'
         assert {dict(k)["stage"]: v for k, v in _values(prometheus, by_stage).items()} == {
             "parse": 2 * ROUNDS,  # malformed_json, invalid_encoding
             "validate": ROUNDS,  # invalid_type
             "window": ROUNDS,  # too_late
         }
+        # Arrival (the Kafka record's timestamp) -> row emitted: seconds, far under the SLO of 30 s. Event time ->
+        # emitted: the load's event times are 2-5 minutes old, so minutes (between the 60 s and 3600 s bounds).
+        p50_arrival, p99_arrival = single("Latency arrival → emit", "A"), single("Latency arrival → emit", "B")
+        assert 0 < p50_arrival <= p99_arrival <= 30_000
+        assert single("p99 arrival → emit (5 min)") <= 30_000
+        p50_event, p99_event = single("Latency event time → emit", "A"), single("Latency event time → emit", "B")
+        assert 60_000 < p50_event <= p99_event <= 3_600_000
         assert single("Kafka records and bytes read /s") > 0
         assert single("Restarts and checkpoints") == 0  # numRestarts
         watermark_lags = {dict(k)["operator_name"]: v for k, v in panels["Freshness lag and watermarks"]["B"].items()}
