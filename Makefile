@@ -82,8 +82,8 @@ clean:  ## Remove outputs and build leftovers (keeps the download cache)
 
 .PHONY: template
 template: $(STAMP)  ## Check the flex template offline: metadata, Dockerfile pins, labels, scripts, Dataflow dry run
-	@$(PY) -m pipelines.template_metadata --check
-	@$(PY) -m pipelines.labels --check
+	@$(PY) -m pipelines.release.template_metadata --check
+	@$(PY) -m pipelines.release.labels --check
 	@bash -n templates/deploy.sh && bash -n templates/schedule.sh
 	@if command -v shellcheck >/dev/null; then shellcheck templates/*.sh; else echo "shellcheck not installed: skipped"; fi
 	@$(PY) -m pytest -q tests/unit/test_template_metadata.py tests/unit/test_cloudbuild.py \

@@ -20,7 +20,7 @@ import uuid
 import apache_beam as beam
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from pipelines import provision
+from pipelines.release import provision
 from schemas import AGGREGATES_TABLE
 from services import BigQueryEmulator
 from transforms.io.bigquery import STORAGE_WRITE_API, STREAMING_INSERTS, WriteToBigQueryTable, bigquery_client

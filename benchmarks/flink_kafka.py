@@ -166,11 +166,9 @@ def run_benchmark(
     flink_master: str | None = None,
 ) -> dict[str, Any]:
     """Runs both phases (see the module doc) and returns the measurements."""
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines.graph import build_pipeline
-    from pipelines.runners import local_runner
+    from pipelines.graph import build_pipeline, new_pipeline
+    from pipelines.spec import resolve
     from services.kafka import create_topics
 
     with _services(bootstrap, flink_master) as (bootstrap, flink_master), tempfile.TemporaryDirectory() as tmp:
@@ -200,9 +198,9 @@ def run_benchmark(
             argv.append(f"--checkpointing_interval={checkpointing_interval}")
         if max_bundle_time_mills:
             argv.append(f"--max_bundle_time_mills={max_bundle_time_mills}")
-        options = PipelineOptions(argv)
-        pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
-        build_pipeline(pipeline, options)
+        launch_spec = resolve(argv)
+        pipeline = new_pipeline(launch_spec)
+        build_pipeline(pipeline, launch_spec)
         submitted_us = now_us()
         result = pipeline.run()
         try:

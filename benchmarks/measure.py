@@ -89,23 +89,28 @@ WORKER_FLAGS = {
 }
 
 
-def _beam_without_dedup(path: str, work: str, workers: str) -> dict[str, Any]:
-    """The job's graph without its dedup step (benchmarks/graphs.py), on the direct runner as the CLI runs it."""
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
+def _spec(path: str, work: str, workers: str):
+    from pipelines.spec import resolve
 
+    return resolve(
+        [f"--source={path}", f"--sink={work}/aggregates", f"--dead_letter_sink={work}/dead_letter"]
+        + WORKER_FLAGS[workers]
+    )
+
+
+def _beam_without_dedup(path: str, work: str, workers: str) -> dict[str, Any]:
+    """The job's graph without its dedup step (benchmarks/graphs.py), on the engine the CLI would pick."""
     from benchmarks.graphs import WithoutDedup
-    from pipelines.runners import local_runner
+    from pipelines.graph import new_pipeline
     from pipelines.summary import counters as counters_of
-    from transforms.analytics import AGGREGATES, DEAD_LETTERS, AnalyticsConfig
-    from transforms.batching import GC_THRESHOLDS
+    from transforms.analytics import AGGREGATES, DEAD_LETTERS
     from transforms.io import ReadRecords, WriteRows
 
-    options = PipelineOptions(WORKER_FLAGS[workers])
-    pipeline = beam.Pipeline(runner=local_runner(options, streaming=False), options=options)
-    outputs = pipeline | "ReadRecords" >> ReadRecords(path) | WithoutDedup(AnalyticsConfig(gc_thresholds=GC_THRESHOLDS))
-    _ = outputs[AGGREGATES] | "WriteAggregates" >> WriteRows(f"{work}/aggregates")
-    _ = outputs[DEAD_LETTERS] | "WriteDeadLetters" >> WriteRows(f"{work}/dead_letter")
+    spec = _spec(path, work, workers)
+    pipeline = new_pipeline(spec)
+    outputs = pipeline | "ReadRecords" >> ReadRecords(path) | WithoutDedup(spec.analytics)
+    _ = outputs[AGGREGATES] | "WriteAggregates" >> WriteRows(spec.sink)
+    _ = outputs[DEAD_LETTERS] | "WriteDeadLetters" >> WriteRows(spec.dead_letter_sink)
     result = pipeline.run()
     result.wait_until_finish()
     found = counters_of(result)
@@ -114,14 +119,11 @@ def _beam_without_dedup(path: str, work: str, workers: str) -> dict[str, Any]:
 
 
 def _beam(path: str, work: str, workers: str, dedup: bool = True) -> dict[str, Any]:
-    from pipelines.streaming_analytics import run
+    from pipelines.streaming_analytics import launch
 
     if not dedup:
         return _beam_without_dedup(path, work, workers)
-    summary = run(
-        [f"--source={path}", f"--sink={work}/aggregates", f"--dead_letter_sink={work}/dead_letter"]
-        + WORKER_FLAGS[workers]
-    )
+    summary = launch(_spec(path, work, workers))
     counters = {
         name: summary.counters.get(name, 0)
         for name in ("records_read", "events_valid", "dead_letters", "duplicates", "aggregate_rows")

@@ -1,4 +1,4 @@
-"""Flex template launcher: validate the options, build the one graph (``build_pipeline``), submit, return.
+"""Flex template launcher: resolve the options, build the one graph (``build_pipeline``), submit, return.
 
 The flex template image runs ``templates/launch.py`` (``FLEX_TEMPLATE_PYTHON_PY_FILE``), which calls ``main`` here
 with the template parameters and Dataflow's own options (``--runner``, ``--project``, ``--region``,
@@ -7,7 +7,8 @@ with the template parameters and Dataflow's own options (``--runner``, ``--proje
 Differences from the CLI (``pipelines.streaming_analytics``), all about launching, none about the graph:
 - the job is submitted and the launcher returns; it never waits (a streaming job never finishes, and the
   launcher VM would time out);
-- no summary, no clearing of local outputs;
+- no summary, no clearing of local outputs, no start-up check of the source and sinks (the launcher VM may not
+  reach what the workers reach; Dataflow checks Pub/Sub and BigQuery itself when the job starts);
 - ``mode=replay`` sources (and so the default embedded demo) are refused: a replay is a ``TestStream`` on a
   simulated clock, which only the direct runner executes;
 - ``--runner`` defaults to ``DataflowRunner`` (the CLI's default is the direct runner);
@@ -24,34 +25,29 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult
 
-from pipelines.graph import build_pipeline
-from pipelines.options import ConfigError, analytics_config, known_flags
+from pipelines.graph import build_pipeline, new_pipeline
+from pipelines.options import ConfigError, known_flags
+from pipelines.spec import LaunchSpec, resolve
 
 _LOG = logging.getLogger(__name__)
 
 
-def launch_options(argv: Sequence[str]) -> PipelineOptions:
-    """Validated options for a launch (raises ConfigError naming the first bad option)."""
+def launch_spec(argv: Sequence[str]) -> LaunchSpec:
+    """The launch spec (raises ConfigError naming the first bad option); unknown flags are logged, not fatal."""
     known = known_flags()
     unknown = sorted({a.split("=", 1)[0] for a in argv if a.startswith("--")} - known)
     if unknown:
         _LOG.warning("flags no options class declares (ignored by Beam): %s", ", ".join(unknown))
-    options = PipelineOptions(list(argv))
-    config = analytics_config(options)  # also refuses replay sources on runners other than the direct runner
-    if config.streaming:
-        options.view_as(StandardOptions).streaming = True
-    return options
+    return resolve(argv)  # also refuses replay sources on runners other than the direct runner
 
 
 def run(argv: Sequence[str]) -> PipelineResult:
     """Builds the pipeline with ``build_pipeline`` and submits it; returns without waiting for the job."""
-    options = launch_options(argv)
-    pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, options)
+    spec = launch_spec(argv)
+    pipeline = new_pipeline(spec)
+    build_pipeline(pipeline, spec)
     return pipeline.run()
 
 

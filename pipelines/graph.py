@@ -1,24 +1,21 @@
-"""Pipeline construction: a pure function from options to a graph, separate from launching it.
+"""Pipeline construction: a pure function from a launch spec to a graph, separate from launching it.
 
-The CLI, the flex template launcher and the tests call ``build_pipeline`` and get the very same graph.
+The CLI, the flex template launcher and the tests call ``build_pipeline`` with the spec ``pipelines.spec.resolve``
+made, and get the very same graph.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.options import AnalyticsOptions, analytics_config, bigquery_sink_settings, kafka_security_settings
-from pipelines.runners import is_direct
-from schemas import AGGREGATES_TABLE, DEAD_LETTER_TABLE
+from pipelines import runners
+from pipelines.spec import LaunchSpec
 from transforms.analytics import AGGREGATES, DEAD_LETTERS, AnalyticsConfig, StreamingAnalytics
-from transforms.io import SYNTHETIC, ReadRecords, WriteRows, is_cross_language, is_replay, scheme_of
+from transforms.io import ReadRecords, SinkSettings, WriteRows
 from transforms.io.bigquery import log_lost_dead_letter
-from transforms.io.kafka import KafkaSettings
-from transforms.io.synthetic import as_replay
 
 _LOG = logging.getLogger(__name__)
 
@@ -30,48 +27,41 @@ class PipelineOutputs:
     dead_letters: beam.PCollection
 
 
-def kafka_settings(options: PipelineOptions) -> KafkaSettings | None:
-    """Consumer settings and the cached-jar expansion service, when a source or sink is kafka:// (else None)."""
-    opts = options.view_as(AnalyticsOptions)
-    if not any(is_cross_language(uri) for uri in (opts.source, opts.sink, opts.dead_letter_sink)):
-        return None
-    from pipelines.runners import kafka_expansion_service  # fetches the jars on first use (mvn, cached)
-
-    security = kafka_security_settings(options).client_config()  # TLS/SASL; secrets only as ${env:...} references
-    return KafkaSettings(
-        opts.kafka_consumer_group, opts.kafka_start_offset, kafka_expansion_service(options), tuple(security.items())
-    )
-
-
-def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> PipelineOutputs:
-    """Adds read -> analytics -> write to ``p``. Raises ConfigError for bad options (before adding anything)."""
-    config = analytics_config(options)
-    if config.streaming:
-        # Replays and broker sources are streams whether or not --streaming was given; Beam's I/O checks the flag
-        # on the pipeline's own copy of the options (Pipeline deep-copies them).
-        options.view_as(StandardOptions).streaming = True
-        p.options.view_as(StandardOptions).streaming = True
-    opts = options.view_as(AnalyticsOptions)
-    source = opts.source
-    if config.streaming and is_direct(options) and scheme_of(source) == SYNTHETIC and not is_replay(source):
-        # Beam's Python direct runner cannot run an unbounded splittable source (PeriodicImpulse) together with
-        # processing-time triggers, so locally a streaming synthetic source is replayed on a simulated clock.
-        # Portable runners (Flink, Dataflow) generate forever at `rate` records/s.
+def new_pipeline(spec: LaunchSpec) -> beam.Pipeline:
+    """An empty pipeline on the engine the spec chose, with the Beam options that engine needs (the one place that
+    says so when the engine is not the one asked for)."""
+    if spec.runner.stands_in:
+        # Beam's Python direct runners cannot run Java transforms; Prism runs the very same pipeline.
+        _LOG.warning(
+            "direct runner: kafka:// runs Beam's Java KafkaIO, which the direct runner cannot run; running on Prism "
+            "(built and cached by the project) instead"
+        )
+    if spec.source.uri != spec.source.given:
         _LOG.warning("direct runner: replaying the synthetic stream on a simulated clock (mode=replay)")
-        source = as_replay(source)
-    kafka = kafka_settings(options)
-    records = p | "ReadRecords" >> ReadRecords(source, config.format, config.streaming, kafka=kafka)
+    options = runners.beam_options(spec.runner, spec.argv)
+    return beam.Pipeline(runner=runners.runner_object(spec.runner), options=options)
+
+
+def build_pipeline(p: beam.Pipeline, spec: LaunchSpec) -> PipelineOutputs:
+    """Adds read -> analytics -> write to ``p``."""
+    config = spec.analytics
+    expansion = runners.kafka_expansion_service(spec.runner) if spec.cross_language else None
+
+    def with_expansion(sink: SinkSettings) -> SinkSettings:
+        if sink.kafka is None:
+            return sink
+        return replace(sink, kafka=sink.kafka._replace(expansion_service=expansion))
+
+    kafka = spec.source.kafka._replace(expansion_service=expansion) if spec.source.kafka else None
+    records = p | "ReadRecords" >> ReadRecords(spec.source.uri, config.format, config.streaming, kafka=kafka)
     outputs = records | "StreamingAnalytics" >> StreamingAnalytics(config)
-    bigquery = bigquery_sink_settings(options)
-    write_aggregates = WriteRows(opts.sink, config.streaming, AGGREGATES_TABLE, **bigquery, kafka=kafka)
-    refused = outputs[AGGREGATES] | "WriteAggregates" >> write_aggregates
+    written = outputs[AGGREGATES] | "WriteAggregates" >> WriteRows(with_expansion(spec.sink))
     dead_letters = outputs[DEAD_LETTERS]
-    if write_aggregates.returns_failed_rows:
+    if written.failed_rows is not None:
         # Aggregate rows the table refused are dead letters too (stage=write).
-        dead_letters = (dead_letters, refused) | "WithRefusedAggregates" >> beam.Flatten()
-    write_dead_letters = WriteRows(opts.dead_letter_sink, config.streaming, DEAD_LETTER_TABLE, **bigquery, kafka=kafka)
-    lost = dead_letters | "WriteDeadLetters" >> write_dead_letters
-    if write_dead_letters.returns_failed_rows:
+        dead_letters = (dead_letters, written.failed_rows) | "WithRefusedAggregates" >> beam.Flatten()
+    lost = dead_letters | "WriteDeadLetters" >> WriteRows(with_expansion(spec.dead_letter_sink))
+    if lost.failed_rows is not None:
         # They cannot go back into the sink that refused them: logged in full, counted (dead_letter_write_failures).
-        lost | "LogLostDeadLetters" >> beam.Map(log_lost_dead_letter)
+        lost.failed_rows | "LogLostDeadLetters" >> beam.Map(log_lost_dead_letter)
     return PipelineOutputs(config, outputs[AGGREGATES], outputs[DEAD_LETTERS])

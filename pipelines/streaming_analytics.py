@@ -1,9 +1,12 @@
-"""Command line: options -> build -> run -> summary.
+"""Command line: options -> launch spec -> start-up check -> build -> run -> summary.
 
     python -m pipelines.streaming_analytics                      # the embedded demo, no cloud, no flags
     python -m pipelines.streaming_analytics --source=events.jsonl --sink=out/agg --dead_letter_sink=out/dlq
 
-Bad options end the program with one line naming the option (exit code 2), never a traceback.
+Bad options, and what the start-up check finds (files that do not exist, a broker that does not answer, a missing
+topic, subscription or table, no credentials for Google), end the program with one line naming the option (exit
+code 2), never a traceback. Ctrl-C stops a running job (cancelled on its runner, a Flink cluster too) and prints the
+summary so far.
 """
 
 from __future__ import annotations
@@ -16,14 +19,14 @@ import sys
 import time
 from collections.abc import Sequence
 
-import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-
-from pipelines.graph import build_pipeline
-from pipelines.options import AnalyticsOptions, ConfigError, analytics_config, check_unknown_flags
-from pipelines.runners import is_direct, local_runner, use_every_core_for_large_input
-from pipelines.summary import RunSummary, counters, read_rows
+from pipelines.graph import build_pipeline, new_pipeline
+from pipelines.job import run_until_done
+from pipelines.options import AnalyticsOptions, ConfigError, check_unknown_flags
+from pipelines.spec import LaunchSpec, resolve
+from pipelines.startup_check import check_before_start
+from pipelines.summary import RunSummary, read_rows
 from transforms.io import local_file_prefix
+from transforms.windowing import SLIDING
 
 USAGE = "python -m pipelines.streaming_analytics [--option=value ...]"
 
@@ -49,42 +52,44 @@ def _clear_previous_outputs(*prefixes: str | None) -> None:
             os.remove(path)
 
 
-def _given(argv: Sequence[str], flag: str) -> bool:
-    return any(arg == flag or arg.startswith(flag + "=") for arg in argv)
-
-
 def run(argv: Sequence[str]) -> RunSummary:
-    """Validates, builds and runs the pipeline; returns its summary. Raises ConfigError for bad options."""
+    """Validates and checks the options, builds and runs the pipeline; returns its summary. Raises ConfigError for
+    bad options and for what the start-up check finds."""
     check_unknown_flags(argv)
-    options = PipelineOptions(list(argv))
-    config = analytics_config(options)
-    standard = options.view_as(StandardOptions)
-    if config.streaming:
-        standard.streaming = True
-    opts = options.view_as(AnalyticsOptions)
-    workers = ""
-    batch_direct = not config.streaming and is_direct(options) and not _given(argv, "--direct_num_workers")
-    if batch_direct and use_every_core_for_large_input(options, opts.source):
-        workers = f", {os.cpu_count()} worker processes"
-    sink, dead_letter_sink = local_file_prefix(opts.sink), local_file_prefix(opts.dead_letter_sink)
+    spec = resolve(argv)
+    check_before_start(spec)
+    return launch(spec)
+
+
+def launch(spec: LaunchSpec) -> RunSummary:
+    """Builds and runs the pipeline of ``spec`` until it ends (or Ctrl-C stops it); returns its summary."""
+    sink, dead_letter_sink = local_file_prefix(spec.sink.uri), local_file_prefix(spec.dead_letter_sink.uri)
     _clear_previous_outputs(sink, dead_letter_sink)
 
     started = time.perf_counter()
-    pipeline = beam.Pipeline(runner=local_runner(options, config.streaming), options=options)
-    build_pipeline(pipeline, options)
-    result = pipeline.run()
-    result.wait_until_finish()
+    pipeline = new_pipeline(spec)
+    build_pipeline(pipeline, spec)
+    outcome = run_until_done(pipeline, spec)
     seconds = time.perf_counter() - started
 
-    mode = f"{standard.runner or 'DirectRunner'}, {'streaming' if config.streaming else 'batch'}{workers}"
-    summary = RunSummary(seconds, mode, counters(result))
+    workers = f", {os.cpu_count()} worker processes" if spec.runner.every_core else ""
+    mode = f"{spec.runner.describe()}, {'streaming' if spec.streaming else 'batch'}{workers}"
+    window = spec.analytics.window
+    summary = RunSummary(
+        seconds,
+        mode,
+        outcome.counters,
+        remote_sinks=[s.uri for s in (spec.sink, spec.dead_letter_sink) if local_file_prefix(s.uri) is None],
+        remote_aggregates=sink is None,
+        remote_dead_letters=dead_letter_sink is None,
+        windows_per_event=window.size_s // window.period_s if window.kind == SLIDING and window.period_s else 1,
+        interrupted=outcome.interrupted,
+        counters_known=bool(outcome.counters) or not outcome.interrupted,
+    )
     if sink:
         summary.aggregate_files, summary.aggregate_rows = read_rows(sink)
     if dead_letter_sink:
         summary.dead_letter_files, summary.dead_letter_rows = read_rows(dead_letter_sink)
-    summary.remote_sinks = [
-        uri for uri, local in ((opts.sink, sink), (opts.dead_letter_sink, dead_letter_sink)) if not local
-    ]
     return summary
 
 
@@ -110,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"usage: {USAGE}  (--help lists the options)", file=sys.stderr)
         return 2
     print(summary.render())
-    return 0
+    return 130 if summary.interrupted else 0
 
 
 if __name__ == "__main__":

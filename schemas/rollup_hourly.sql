@@ -1,6 +1,6 @@
 -- Hourly rollup of the realtime-analytics aggregates: minute windows -> hours, distinct users included.
 --
--- Reads the final-pane view that `python -m pipelines.provision` creates next to the aggregates table
+-- Reads the final-pane view that `python -m pipelines.release.provision` creates next to the aggregates table
 -- (<aggregates>_final: one row per window, event_type and key, the complete result of that window).
 -- Replace `my-project.analytics` with your dataset.
 --

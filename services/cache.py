@@ -1,6 +1,6 @@
 """Where downloads and builds live (.cache/, git-ignored) and the idempotent steps that fill it.
 
-Each step follows pipelines/install_once.py: a stamp holding a fingerprint of its inputs (committed files,
+Each step follows pipelines/local_run/install_once.py: a stamp holding a fingerprint of its inputs (committed files,
 tool versions) means the artifact is current and the step costs nothing; otherwise it runs under a file lock,
 so parallel test workers or a `services up` next to a test run never build the same thing twice.
 """
@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from pipelines.install_once import install_once
+from pipelines.local_run.install_once import install_once
 from services._process import failure, run_step
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -258,7 +258,7 @@ def ensure_bigquery_venv() -> Path:
 
 # Flink: the distribution PyPI ships inside PyFlink. `apache-flink-libraries` holds the jars (lib/, opt/, plugins/),
 # `apache-flink` the scripts and default conf (bin/, conf/). The minor version is the one Beam's Flink runner here is
-# built for (pipelines/jars.py FLINK_JAVA: beam-runners-flink-1.16).
+# built for (pipelines/local_run/jars.py FLINK_JAVA: beam-runners-flink-1.16).
 FLINK_DIST_VERSION = "1.16.3"
 FLINK_HOME = CACHE_DIR / "flink" / FLINK_DIST_VERSION
 

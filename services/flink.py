@@ -1,7 +1,7 @@
 """Apache Flink as a session cluster: one JobManager and one TaskManager process, from the PyPI distribution.
 
 The distribution (services/cache.py ``ensure_flink_distribution``) is Flink 1.16, the version Beam's Flink runner here
-is built for (pipelines/jars.py). Both processes run in the foreground (``jobmanager.sh start-foreground``,
+is built for (pipelines/local_run/jars.py). Both processes run in the foreground (``jobmanager.sh start-foreground``,
 ``taskmanager.sh start-foreground``) under one small bash supervisor: one process group to stop, and when either
 process dies the supervisor ends the other, so a half-dead cluster never passes for a running one.
 """
@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pipelines.jars import JAVA_17_EXPORTS, JAVA_17_OPENS
+from pipelines.local_run.jars import JAVA_17_EXPORTS, JAVA_17_OPENS
 from services import cache
 from services._process import LOCALHOST, ServiceError, port_open
 from services._service import LocalService
@@ -23,7 +23,7 @@ from services._service import LocalService
 if TYPE_CHECKING:
     from pathlib import Path
 
-# The JVM flags for Flink 1.16 on Java 17 (pipelines/jars.py keeps the one list).
+# The JVM flags for Flink 1.16 on Java 17 (pipelines/local_run/jars.py keeps the one list).
 _JAVA_17_OPTS = " ".join(
     [
         "-XX:+IgnoreUnrecognizedVMOptions",

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pipelines.install_once import file_lock
+from pipelines.local_run.install_once import file_lock
 from services import cache
 from services._process import LOCALHOST, ServiceError, failure, port_open, run_step
 from services._service import LocalService

@@ -67,23 +67,38 @@ def keep_first(
 ) -> tuple[list[Row], int]:
     """(the rows kept, how many were duplicates), judged against ``first_seen`` (the state) and ``pending`` (what
     this element kept so far); the ids kept are added to ``pending`` (last, so a throw leaves it as it was)."""
-    if len(rows) > 1 and len({row[0] for row in rows}) < len(rows):
-        rows = sorted(rows, key=_row_order)
+    copies: dict[str, list[Row]] | None = None  # ids given more than once here: their rows, taken in _row_order
+    first_row: dict[str, Row] = {}
+    for row in rows:
+        held = first_row.setdefault(row[0], row)
+        if held is not row:
+            if copies is None:
+                copies = {}
+            copies.setdefault(row[0], [held]).append(row)
     kept: list[Row] = []
     new: dict[str, int] = {}
     duplicates = 0
-    for row in rows:
-        event_id = row[0]
-        first = new.get(event_id)
+    for event_id, row in first_row.items():
+        if copies is not None and event_id in copies:
+            continue
+        first = pending.get(event_id)
         if first is None:
-            first = pending.get(event_id)
-            if first is None:
-                first = first_seen.get(event_id)
+            first = first_seen.get(event_id)
         if is_duplicate(first, row[1], horizon_us):
             duplicates += 1
         else:
             new[event_id] = row[1]
             kept.append(row)
+    for event_id, group in (copies or {}).items():
+        first = pending.get(event_id)
+        if first is None:
+            first = first_seen.get(event_id)
+        for row in sorted(group, key=_row_order):
+            if is_duplicate(first, row[1], horizon_us):
+                duplicates += 1
+            else:
+                first = new[event_id] = row[1]
+                kept.append(row)
     pending.update(new)
     return kept, duplicates
 

@@ -1,9 +1,10 @@
 """Fault injection points for tests: a named point fails once, in whichever worker reaches it first.
 
-A test creates the file ``$REALTIME_ANALYTICS_FAULTS/<point>``; the first caller of ``fail_once(point)`` removes it
-(an atomic rename-free unlink: only one caller can succeed) and raises ``InjectedFault``, so exactly one attempt
-fails and the runner's retry of that work meets no fault. With the variable unset (production) a call costs one
-environment lookup. Used to prove that a retried bundle does not write twice (docs/connectors-bigquery.md).
+A test creates the file ``$REALTIME_ANALYTICS_FAULTS/<point>``; the first caller of ``fail_once(point)`` removes it (an
+atomic rename-free unlink: only one caller can succeed) and raises ``InjectedFault``, so exactly one attempt fails and
+the runner's retry of that work meets no fault. With the variable unset (production) a call costs one environment
+lookup. Tests arm points with ``tests/integration/fault_points.py``. Used to prove that a retried bundle does not write
+twice (docs/connectors-bigquery.md).
 """
 
 from __future__ import annotations
@@ -27,14 +28,3 @@ def fail_once(point: str) -> None:
     except FileNotFoundError:
         return
     raise InjectedFault(f"injected fault at {point!r} (test fault injection, {FAULTS_DIR_ENV}={directory})")
-
-
-def arm(directory: str, point: str) -> None:
-    """Arms ``point`` for workers that see ``$REALTIME_ANALYTICS_FAULTS`` = ``directory`` (tests)."""
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, point), "w"):
-        pass
-
-
-def is_armed(directory: str, point: str) -> bool:
-    return os.path.exists(os.path.join(directory, point))

@@ -182,7 +182,7 @@ class FilterTooLate(beam.PTransform):
 GroupKey = tuple[str, "str | None"]
 # Rows a pre-aggregating DoFn holds before folding them into its partial aggregates: folding in large runs keeps
 # the number of accumulator merges per event small, holding bounds the memory of a long bundle.
-FOLD_ROWS = 8192
+FOLD_ROWS = 65536
 
 
 class _SessionChain:

@@ -86,7 +86,7 @@ def prometheus(flink_cluster: FlinkCluster) -> Iterator[PrometheusServer]:
 
 @pytest.fixture
 def dataset(bigquery_emulator: BigQueryEmulator) -> Iterator[Dataset]:
-    """A fresh dataset on the emulator, provisioned by pipelines.provision; dropped afterwards."""
+    """A fresh dataset on the emulator, provisioned by pipelines.release.provision; dropped afterwards."""
     from tests.integration.test_bigquery_sink import Dataset
 
     ds = Dataset(bigquery_emulator)

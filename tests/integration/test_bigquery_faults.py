@@ -18,12 +18,10 @@ import time
 import uuid
 from collections import Counter
 
-import apache_beam as beam
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.graph import build_pipeline
-from pipelines.runners import local_runner
+from pipelines.graph import build_pipeline, new_pipeline
+from pipelines.spec import resolve
 from pipelines.summary import read_rows
 from tests.integration.fault_proxies import LOST_ACK, OUTAGE, BigQueryFaultProxy
 from tests.integration.fault_report import FaultReport
@@ -65,7 +63,7 @@ def test_bigquery_outage_and_lost_answers_mid_run_lose_and_duplicate_nothing(
     publisher.create_topic(name=topic)
     subscriber.create_subscription(name=subscription, topic=topic)
 
-    options = PipelineOptions(
+    spec = resolve(
         [
             f"--source=pubsub://{subscription}",
             f"--sink={dataset.uri('aggregates')}",
@@ -76,8 +74,8 @@ def test_bigquery_outage_and_lost_answers_mid_run_lose_and_duplicate_nothing(
             "--allowed_lateness=600",
         ]
     )
-    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
-    outputs = build_pipeline(pipeline, options)
+    pipeline = new_pipeline(spec)
+    outputs = build_pipeline(pipeline, spec)
     emitted_prefix = str(tmp_path / "emitted")
     outputs.aggregates | "CopyOfEmittedRows" >> WriteJsonLines(emitted_prefix)  # what the sink was given
     result = pipeline.run()

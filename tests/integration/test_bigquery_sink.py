@@ -23,7 +23,7 @@ import orjson
 import pytest
 from google.cloud import bigquery
 
-from pipelines import provision
+from pipelines.release import provision
 from pipelines.streaming_analytics import run
 from pipelines.summary import RunSummary, final_panes
 from schemas import bigquery_field_names
@@ -109,7 +109,7 @@ def _dead_letters(client: bigquery.Client, table_id: str) -> list[dict[str, Any]
 
 
 class Dataset:
-    """A fresh dataset on the emulator, provisioned by pipelines.provision unless told otherwise."""
+    """A fresh dataset on the emulator, provisioned by pipelines.release.provision unless told otherwise."""
 
     def __init__(self, emulator: BigQueryEmulator, provisioned: bool = True) -> None:
         self.emulator = emulator

@@ -1,9 +1,9 @@
 """The Storage Write API sink against the BigQuery emulator's gRPC port: exactly-once under a retried bundle,
 at-least-once mode, transient errors, replaced streams, the JSON column and oversized rows.
 
-Pipelines run for real; a fault injection point (transforms/faults.py) makes one bundle fail once right after
-BigQuery stored its rows, and the runner retries it. ``StorageWriter`` -- what the sink's DoFn drives -- is also
-called directly where a pipeline would hide what is checked (an offset answered ALREADY_EXISTS, a stream that
+Pipelines run for real; a fault injection point (transforms/faults.py, armed by fault_points.py) makes one bundle fail
+once right after BigQuery stored its rows, and the runner retries it. ``StorageWriter`` -- what the sink's DoFn drives
+-- is also called directly where a pipeline would hide what is checked (an offset answered ALREADY_EXISTS, a stream that
 disappeared). The transient-error test puts a real gap in front of the emulator: for the first seconds nothing
 listens on the sink's port.
 """
@@ -28,6 +28,7 @@ from pipelines.summary import final_panes
 from schemas import AGGREGATES_TABLE, DEAD_LETTER_TABLE
 from services import BigQueryEmulator
 from services._process import LOCALHOST, free_port
+from tests.integration import fault_points as faults
 from tests.integration.test_bigquery_sink import (
     SOURCE,
     STORAGE_WRITE_API,
@@ -40,7 +41,6 @@ from tests.integration.test_bigquery_sink import (
     bigquery_run,
     local_network_only,
 )
-from transforms import faults
 from transforms.io import bigquery_storage
 from transforms.io.bigquery import WriteToBigQueryTable
 from transforms.io.bigquery_storage import FAULT_AFTER_APPEND, StorageWriter, StorageWriteUnavailable

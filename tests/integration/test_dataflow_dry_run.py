@@ -239,7 +239,7 @@ def test_streaming_synthetic(offline):
 
 def test_the_launcher_refuses_a_replay_source(offline):
     with pytest.raises(ConfigError, match="TestStream"):
-        flex_template.launch_options([*DRY_RUN])  # the default source: the embedded demo, a replay
+        flex_template.launch_spec([*DRY_RUN])  # the default source: the embedded demo, a replay
 
 
 def test_the_check_catches_what_dataflow_cannot_run(offline):

@@ -1,9 +1,10 @@
 """Kafka (a real broker) -> the main job on a real Flink session cluster (streaming) -> the BigQuery emulator.
 
 The cluster is Flink 1.16 from PyPI (services/flink.py): a JobManager and a TaskManager process. The pipeline is
-submitted through Beam's Flink job server (pipelines/jars.py) with no Flink-specific flag besides ``--flink_master``;
+submitted through Beam's Flink job server (pipelines/local_run/jars.py) with no Flink-specific flag besides
+``--flink_master``;
 the TaskManager reads Kafka itself (runner-native KafkaIO) and starts the Python and Java SDK workers as processes
-(pipelines/boot.py). Both tables must hold exactly the expected final aggregates and dead letters, and the
+(pipelines/local_run/boot.py). Both tables must hold exactly the expected final aggregates and dead letters, and the
 checkpointing and state backend options must have reached Flink (its REST API reports them, and checkpoints complete).
 """
 
@@ -12,11 +13,8 @@ from __future__ import annotations
 import base64
 import uuid
 
-import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
-
-from pipelines.graph import build_pipeline
-from pipelines.runners import local_runner
+from pipelines.graph import build_pipeline, new_pipeline
+from pipelines.spec import resolve
 from services.kafka import create_topics
 from tests.integration.event_mix import expected_finals, mix, produce, recent_window
 from tests.integration.results import wait_for_bigquery
@@ -32,7 +30,7 @@ def test_kafka_to_bigquery_on_a_flink_session_cluster(
     window_a = recent_window()
     valid, bad = mix("json", window_a)
     produce(bootstrap, topic, [*valid, valid[0], *bad])  # valid[0] twice: a redelivery, dropped as a duplicate
-    options = PipelineOptions(
+    spec = resolve(
         [
             f"--source=kafka://{bootstrap}/{topic}",
             f"--sink={dataset.uri('aggregates')}",
@@ -50,8 +48,8 @@ def test_kafka_to_bigquery_on_a_flink_session_cluster(
             f"--state_backend_storage_path=file://{tmp_path / 'checkpoints'}",
         ]
     )
-    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
-    build_pipeline(pipeline, options)
+    pipeline = new_pipeline(spec)
+    build_pipeline(pipeline, spec)
     result = pipeline.run()
     try:
         finals, dead = wait_for_bigquery(dataset, expected_finals(window_a), len(bad), timeout_s=DEADLINE_S)

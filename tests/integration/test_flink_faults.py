@@ -19,13 +19,11 @@ import time
 import uuid
 from collections import Counter
 
-import apache_beam as beam
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 from confluent_kafka import Consumer, Producer
 
-from pipelines.graph import build_pipeline
-from pipelines.runners import local_runner
+from pipelines.graph import build_pipeline, new_pipeline
+from pipelines.spec import resolve
 from pipelines.streaming_analytics import run
 from pipelines.summary import read_rows
 from services import KafkaBroker
@@ -127,7 +125,7 @@ def test_kafka_broker_restart_on_flink_loses_nothing(private_kafka, flink_cluste
     topic = topics["load"]
     spec = parse_synthetic_uri(SPEC)
     out = tmp_path / "flink"
-    options = PipelineOptions(
+    launch_spec = resolve(
         [
             f"--source=kafka://{bootstrap}/{topic}",
             f"--sink={out / 'agg'}",
@@ -144,8 +142,8 @@ def test_kafka_broker_restart_on_flink_loses_nothing(private_kafka, flink_cluste
             "--execution_retry_delay=2000",
         ]
     )
-    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
-    build_pipeline(pipeline, options)
+    pipeline = new_pipeline(launch_spec)
+    build_pipeline(pipeline, launch_spec)
     # Event times from now on: the load starts once the job is up, so they are a little late on arrival (well within
     # the allowed lateness), which the streaming job aggregates like the batch run does.
     payloads = [payload for _, _, payload in generate_block(spec, 0, RATE * LOAD_S, anchor_us=now_us())]

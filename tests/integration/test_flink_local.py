@@ -1,6 +1,7 @@
 """The main job on Beam's FlinkRunner with the embedded Flink of the job server (``--flink_master=[local]``).
 
-No extra flags: ``pipelines/runners.py`` passes the job server it assembled from Maven Central (pipelines/jars.py) and
+No extra flags: ``pipelines/runners.py`` passes the job server it assembled from Maven Central
+(pipelines/local_run/jars.py) and
 Beam downloads nothing. Batch on a synthetic source must give exactly what the direct runner gives; batch on a file
 gives the exact aggregates and dead letters of a known mix; a streaming synthetic source (PeriodicImpulse, real time)
 accounts for every record once, with one row per pane.

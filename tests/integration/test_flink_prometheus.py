@@ -16,14 +16,12 @@ import re
 import uuid
 from collections import Counter
 
-import apache_beam as beam
 import psutil
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.boot import PYTHON_MAIN
-from pipelines.graph import build_pipeline
-from pipelines.runners import local_runner
+from pipelines.graph import build_pipeline, new_pipeline
+from pipelines.local_run.boot import PYTHON_MAIN
+from pipelines.spec import resolve
 from services.kafka import create_topics
 from tests.integration.event_mix import MINUTE_US, as_json, event_fields, produce, recent_window
 from tests.integration.results import wait_for
@@ -41,8 +39,6 @@ MAY_BE_PENDING = {"DeadLetterRatioHigh"}
 # Panel targets (title, refId) that stay empty under this load, and why.
 EMPTY_UNDER_THIS_LOAD = {
     ("Processing errors /s", "A"): "no step throws on this load; Beam registers a counter at its first increment",
-    # records_read_<source>: pipelines/graph.py does not fill AnalyticsConfig.source_kind yet.
-    ("Records read /s by source", "A"): "no source kind given to the graph",
     # Beam Java 2.56's KafkaIO sets its backlog gauges outside any metrics container (dropped); 2.62's does not.
     ("Kafka records behind", "A"): "the Flink runner's KafkaIO (Beam Java 2.56) drops its backlog gauges",
 }
@@ -136,7 +132,7 @@ def test_dashboard_and_alerts_against_a_live_flink_job(kafka_broker, flink_clust
     topic = create_topics(bootstrap, "metrics")["metrics"]
     job_name = f"metrics-{uuid.uuid4().hex[:8]}"
     job = _flink_label(job_name)
-    options = PipelineOptions(
+    spec = resolve(
         [
             f"--source=kafka://{bootstrap}/{topic}",
             f"--sink={tmp_path / 'agg'}",
@@ -151,8 +147,8 @@ def test_dashboard_and_alerts_against_a_live_flink_job(kafka_broker, flink_clust
             "--checkpointing_interval=2000",
         ]
     )
-    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
-    build_pipeline(pipeline, options)
+    pipeline = new_pipeline(spec)
+    build_pipeline(pipeline, spec)
     result = pipeline.run()
     try:
         # Every task deployed and its Python worker connected before the first record: the latencies then measure the
@@ -230,6 +226,10 @@ def test_dashboard_and_alerts_against_a_live_flink_job(kafka_broker, flink_clust
         assert 0.2 < single("Dead-letter ratio (5 min)") < 0.7  # 4 of 9 per round; rate() extrapolates per series
         assert single("Restarts (15 min)") == 0
         assert single("Records read /s by source", "B") > 0
+        (source,) = panels["Records read /s by source"]["A"]
+        assert dict(source) == {"source": "kafka"}
+        by_source = f'sum by (source) (realtime_analytics:records_read_by_source{{job_name="{job}"}})'
+        assert _values(prometheus, by_source) == {(("source", "kafka"),): expected["records_read"]}
         assert all(single("Events /s: valid, duplicate, too late", ref_id) > 0 for ref_id in "ABC")
         assert single("Aggregate rows /s by pane", "B") > 0
         assert {dict(k)["error_code"] for k in panels["Dead letters /s by code"]["A"]} == set(codes)

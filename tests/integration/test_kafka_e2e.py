@@ -3,7 +3,8 @@
 A known mix is produced to a fresh topic: valid events in two windows, a redelivered duplicate, malformed and invalid
 records, and one event far later than the allowed lateness; once as JSON, once in the Confluent Avro wire format.
 The pipeline reads it from the earliest offset through Beam's cross-language KafkaIO (Java worker started by
-pipelines/jars.py, Prism built by pipelines/runners.py), and the test checks the exact final aggregates and reads
+pipelines/local_run/jars.py, Prism built by pipelines/runners.py), and the test checks the exact final aggregates and
+reads
 every dead letter back from its topic: payload bytes, partition/offset metadata, key = error code.
 """
 
@@ -15,14 +16,12 @@ import time
 import uuid
 from collections import Counter
 
-import apache_beam as beam
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from pipelines.graph import build_pipeline
-from pipelines.runners import local_runner
+from pipelines.graph import build_pipeline, new_pipeline
+from pipelines.spec import LaunchSpec, resolve
 from pipelines.summary import read_rows
 from services.kafka import create_topics
 from tests.integration.event_mix import MINUTE_US, as_json, event_fields, mix, produce
@@ -47,7 +46,7 @@ def test_kafka_stream_gives_exact_aggregates_and_every_dead_letter(topics, tmp_p
     # valid[0] again: a redelivery, dropped as a duplicate.
     delivered = produce(bootstrap, names["events"], [*valid, valid[0], *bad])
     source = f"kafka://{bootstrap}/{names['events']}"
-    options = PipelineOptions(
+    spec = resolve(
         [
             f"--source={source}",
             f"--format={fmt}",
@@ -77,8 +76,8 @@ def test_kafka_stream_gives_exact_aggregates_and_every_dead_letter(topics, tmp_p
     }
     dead = []
     finals = {}
-    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
-    build_pipeline(pipeline, options)
+    pipeline = new_pipeline(spec)
+    build_pipeline(pipeline, spec)
     result = pipeline.run()
     try:
         deadline = time.monotonic() + DEADLINE_S
@@ -123,7 +122,7 @@ def test_kafka_to_bigquery_exact_aggregates_and_dead_letters(topics, bigquery_em
     window_b = window_a + MINUTE_US
     valid, bad = mix(fmt, window_a)
     delivered = produce(bootstrap, names["events"], [*valid, valid[0], *bad])
-    options = PipelineOptions(
+    spec = resolve(
         [
             f"--source=kafka://{bootstrap}/{names['events']}",
             f"--format={fmt}",
@@ -141,8 +140,8 @@ def test_kafka_to_bigquery_exact_aggregates_and_dead_letters(topics, bigquery_em
         (format_rfc3339_us(window_b), "click", "/home"): (1, 8.0, 1),
         (format_rfc3339_us(window_b), "purchase", "/home"): (1, 16.0, 1),
     }
-    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
-    build_pipeline(pipeline, options)
+    pipeline = new_pipeline(spec)
+    build_pipeline(pipeline, spec)
     result = pipeline.run()
     try:
         finals, dead = wait_for_bigquery(dataset, expected, len(bad), timeout_s=DEADLINE_S)
@@ -167,11 +166,11 @@ def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[
         consumer.close()
 
 
-def _run_until_committed(options: PipelineOptions, out: str, expected: dict, commit: tuple, deadline_s: float):
+def _run_until_committed(spec: LaunchSpec, out: str, expected: dict, commit: tuple, deadline_s: float):
     """Runs the pipeline until its aggregates files hold ``expected`` and the group committed ``commit``."""
     bootstrap, group, topic, ends = commit
-    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
-    build_pipeline(pipeline, options)
+    pipeline = new_pipeline(spec)
+    build_pipeline(pipeline, spec)
     result = pipeline.run()
     finals, committed = {}, {}
     try:
@@ -213,7 +212,7 @@ def test_offsets_are_committed_and_a_restart_with_the_same_group_continues_where
     first = [as_json(event_fields(f"a{i}", window_a + i * 1_000_000, f"u{i}", i)) for i in range(1, 4)]
     produce(bootstrap, topic, first, partitions)
     finals, committed = _run_until_committed(
-        PipelineOptions(argv("run1")),
+        resolve(argv("run1")),
         str(tmp_path / "run1" / "aggregates"),
         {(format_rfc3339_us(window_a), "click", "/home"): (3, 6.0, 3)},
         (bootstrap, group, topic, {0: 2, 1: 1}),
@@ -226,7 +225,7 @@ def test_offsets_are_committed_and_a_restart_with_the_same_group_continues_where
     second = [as_json(event_fields(f"b{i}", window_b + i * 1_000_000, f"u{i}", 10 * i)) for i in range(1, 3)]
     produce(bootstrap, topic, second, partitions)
     finals, committed = _run_until_committed(
-        PipelineOptions(argv("run2")),
+        resolve(argv("run2")),
         str(tmp_path / "run2" / "aggregates"),
         {(format_rfc3339_us(window_b), "click", "/home"): (2, 30.0, 2)},
         (bootstrap, group, topic, {0: 3, 1: 2}),
@@ -247,7 +246,7 @@ def test_kafka_timestamp_is_the_event_time_when_asked(topics, tmp_path):
     events = [as_json(event_fields(f"k{i}", stale + i * 1_000_000, f"u{i}", i)) for i in range(1, 4)]
     kafka_times = [window_a + 1_000_000, window_a + 2_000_000, window_b + 1_000_000]  # microseconds
     produce(bootstrap, names["events"], events, timestamps_ms=[t // 1000 for t in kafka_times])
-    options = PipelineOptions(
+    spec = resolve(
         [
             f"--source=kafka://{bootstrap}/{names['events']}",
             f"--sink={tmp_path / 'aggregates'}",
@@ -265,8 +264,8 @@ def test_kafka_timestamp_is_the_event_time_when_asked(topics, tmp_path):
         (format_rfc3339_us(window_a), "click", "/home"): (2, 3.0, 2),
         (format_rfc3339_us(window_b), "click", "/home"): (1, 3.0, 1),
     }
-    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
-    build_pipeline(pipeline, options)
+    pipeline = new_pipeline(spec)
+    build_pipeline(pipeline, spec)
     result = pipeline.run()
     finals: dict = {}
     try:

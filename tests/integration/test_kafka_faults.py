@@ -13,14 +13,12 @@ import io
 import time
 import uuid
 
-import apache_beam as beam
 import fastavro
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 
 import schemas
-from pipelines.graph import build_pipeline
-from pipelines.runners import local_runner
+from pipelines.graph import build_pipeline, new_pipeline
+from pipelines.spec import resolve
 from pipelines.summary import read_rows
 from tests.integration.event_mix import MINUTE_US, event_fields, produce
 from tests.integration.fault_report import FaultReport
@@ -53,7 +51,7 @@ def test_poison_record_does_not_block_the_partition_and_schema_id_2_parses(topic
     ]
     delivered = produce(bootstrap, names["events"], [*before, poison, *after])
     source = f"kafka://{bootstrap}/{names['events']}"
-    options = PipelineOptions(
+    spec = resolve(
         [
             f"--source={source}",
             "--format=confluent-avro",
@@ -68,8 +66,8 @@ def test_poison_record_does_not_block_the_partition_and_schema_id_2_parses(topic
         ]
     )
     expected = {(format_rfc3339_us(window), "click", "/home"): (20, float(2 * sum(range(10))), 3)}
-    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
-    build_pipeline(pipeline, options)
+    pipeline = new_pipeline(spec)
+    build_pipeline(pipeline, spec)
     result = pipeline.run()
     finals, dead = {}, []
     try:

@@ -22,14 +22,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import apache_beam as beam
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from pipelines.graph import build_pipeline
-from pipelines.runners import local_runner
+from pipelines.graph import build_pipeline, new_pipeline
+from pipelines.spec import LaunchSpec, resolve
 from pipelines.summary import read_rows
 from services import SecureKafkaBroker
 from tests.integration import tls
@@ -117,10 +115,10 @@ def _produce(client: dict[str, str], topic: str, payloads: list[bytes]) -> None:
     assert producer.flush(30) == 0
 
 
-def _run_until(options: PipelineOptions, done, timeout_s: float = DEADLINE_S):
+def _run_until(spec: LaunchSpec, done, timeout_s: float = DEADLINE_S):
     """Runs the streaming pipeline until ``done()`` is true (or the time is up), then cancels it."""
-    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
-    build_pipeline(pipeline, options)
+    pipeline = new_pipeline(spec)
+    build_pipeline(pipeline, spec)
     result = pipeline.run()
     try:
         deadline = time.monotonic() + timeout_s
@@ -139,7 +137,7 @@ def test_sasl_ssl_scram_source_and_dead_letter_sink_give_exact_results(
     valid, bad = mix("json", window_a)
     _produce(client, names["events"], [*valid, valid[0], *bad])
     servers = secure_kafka.sasl_ssl_bootstrap_servers
-    options = PipelineOptions(
+    spec = resolve(
         [
             f"--source=kafka://{servers}/{names['events']}",
             f"--sink={tmp_path / 'aggregates'}",
@@ -168,7 +166,7 @@ def test_sasl_ssl_scram_source_and_dead_letter_sink_give_exact_results(
         return final_counts(read_rows(str(tmp_path / "aggregates"))[1]) == expected and len(dead) >= len(bad)
 
     try:
-        _run_until(options, done)
+        _run_until(spec, done)
     finally:
         consumer.close()
     assert final_counts(read_rows(str(tmp_path / "aggregates"))[1]) == expected
@@ -181,7 +179,7 @@ def test_mutual_tls_source_gives_exact_results(secure_kafka, tls_files, secret_e
     window_a = (now_us() // MINUTE_US - 4) * MINUTE_US
     valid, bad = mix("json", window_a)
     _produce(client, names["events"], [*valid, valid[0], *bad])
-    options = PipelineOptions(
+    spec = resolve(
         [
             f"--source=kafka://{secure_kafka.ssl_bootstrap_servers}/{names['events']}",
             f"--sink={tmp_path / 'aggregates'}",
@@ -204,16 +202,16 @@ def test_mutual_tls_source_gives_exact_results(secure_kafka, tls_files, secret_e
             read_rows(str(tmp_path / "dead_letter"))[1]
         ) >= len(bad)
 
-    _run_until(options, done)
+    _run_until(spec, done)
     assert final_counts(read_rows(str(tmp_path / "aggregates"))[1]) == expected
     dead = read_rows(str(tmp_path / "dead_letter"))[1]
     assert {base64.b64decode(row["payload"]): row["error_code"] for row in dead} == bad
 
 
-def _failure_of(options: PipelineOptions, timeout_s: float = DEADLINE_S) -> str:
+def _failure_of(spec: LaunchSpec, timeout_s: float = DEADLINE_S) -> str:
     """Runs a pipeline that must fail; returns its error text (the job's, as the runner reports it)."""
-    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
-    build_pipeline(pipeline, options)
+    pipeline = new_pipeline(spec)
+    build_pipeline(pipeline, spec)
     result = pipeline.run()
     try:
         result.wait_until_finish(duration=int(timeout_s * 1000))
@@ -238,7 +236,7 @@ def test_bad_credentials_fail_clearly(secure_kafka, tls_files, password, tmp_pat
     _produce(client, names["events"], [b"{}"])
     monkeypatch.setenv(PASSWORD_ENV, "not-the-password" if case == "wrong_password" else password)
     ca = tls_files.untrusted_ca if case == "untrusted_ca" else tls_files.ca
-    options = PipelineOptions(
+    spec = resolve(
         [
             f"--source=kafka://{secure_kafka.sasl_ssl_bootstrap_servers}/{names['events']}",
             f"--sink={tmp_path / 'aggregates'}",
@@ -253,7 +251,7 @@ def test_bad_credentials_fail_clearly(secure_kafka, tls_files, password, tmp_pat
             FRESH_PRISM,
         ]
     )
-    error = _failure_of(options)
+    error = _failure_of(spec)
     assert expected_error in error, error[-3000:]
     assert password not in error
     assert os.environ[PASSWORD_ENV] not in error
@@ -353,11 +351,12 @@ def test_no_secret_in_logs_options_graph_or_outputs(secure_kafka, tls_files, pas
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(PASSWORD_ENV, password)
         mp.setenv(HMAC_KEY_ENV, hmac_key)
-        options = PipelineOptions(argv)
-        pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
-        build_pipeline(pipeline, options)
+        spec = resolve(argv)
+        pipeline = new_pipeline(spec)
+        build_pipeline(pipeline, spec)
         graph = readable_graph(pipeline.to_runner_api())
-        serialized = json.dumps(options.get_all_options(retain_unknown_options=True), default=str).encode()
+        serialized = json.dumps(pipeline.options.get_all_options(retain_unknown_options=True), default=str)
+        serialized = (serialized + repr(spec)).encode()
         dataflow = _dataflow_job_text(argv)
     assert f"${{env:{PASSWORD_ENV}}}".encode() in graph and f"env:{HMAC_KEY_ENV}".encode() in graph
     for what, secret in leaks.items():
@@ -369,7 +368,7 @@ def test_no_secret_in_logs_options_graph_or_outputs(secure_kafka, tls_files, pas
 def _dataflow_job_text(argv: list[str]) -> bytes:
     """The Dataflow job request (options, display data, steps, pipeline proto) a flex template launch would send."""
     from pipelines.flex_template import run
-    from pipelines.labels import DATAFLOW_DRY_RUN
+    from pipelines.release.labels import DATAFLOW_DRY_RUN
     from tests.unit.test_pseudonymize import readable_graph
 
     kept = [a for a in argv if not a.startswith(("--runner", "--default_sdk"))]

@@ -14,12 +14,10 @@ import time
 import uuid
 from collections import Counter
 
-import apache_beam as beam
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.graph import build_pipeline
-from pipelines.runners import local_runner
+from pipelines.graph import build_pipeline, new_pipeline
+from pipelines.spec import resolve
 from pipelines.summary import read_rows
 from tests.integration.event_mix import MINUTE_US, as_json, event_fields, expected_finals, mix, recent_window
 from tests.integration.results import final_counts
@@ -73,7 +71,7 @@ def test_pubsub_stream_gives_exact_aggregates_and_every_dead_letter(topics, tmp_
     source = names["events_sub"] if read_from == "subscription" else names["events"]
     window_a = recent_window()
     valid, bad = mix("json", window_a)
-    options = PipelineOptions(
+    spec = resolve(
         [
             f"--source=pubsub://{source}",
             f"--sink={tmp_path / 'aggregates'}",
@@ -82,8 +80,8 @@ def test_pubsub_stream_gives_exact_aggregates_and_every_dead_letter(topics, tmp_
             "--streaming",
         ]
     )
-    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
-    build_pipeline(pipeline, options)
+    pipeline = new_pipeline(spec)
+    build_pipeline(pipeline, spec)
     result = pipeline.run()
     try:
         if read_from == "topic":
@@ -126,7 +124,7 @@ def test_publish_time_is_the_event_time_when_asked(topics, tmp_path):
     publisher, subscriber, names = topics
     stale = (now_us() // MINUTE_US - 120) * MINUTE_US
     events = [as_json(event_fields(f"p{i}", stale + i * 1_000_000, f"u{i}", i)) for i in range(1, 5)]
-    options = PipelineOptions(
+    spec = resolve(
         [
             f"--source=pubsub://{names['events_sub']}",
             f"--sink={tmp_path / 'aggregates'}",
@@ -136,8 +134,8 @@ def test_publish_time_is_the_event_time_when_asked(topics, tmp_path):
             "--streaming",
         ]
     )
-    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
-    build_pipeline(pipeline, options)
+    pipeline = new_pipeline(spec)
+    build_pipeline(pipeline, spec)
     result = pipeline.run()
     first_minute = now_us() // MINUTE_US * MINUTE_US
     finals: dict = {}

@@ -19,10 +19,9 @@ from typing import Any
 
 import apache_beam as beam
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.graph import build_pipeline
-from pipelines.runners import local_runner
+from pipelines.graph import build_pipeline, new_pipeline
+from pipelines.spec import resolve
 from pipelines.summary import read_rows
 from tests.integration.fault_proxies import PubSubFaultProxy
 from tests.integration.fault_report import FaultReport
@@ -51,7 +50,7 @@ def names(pubsub_emulator):
 
 
 def _start(subscription: str, tmp_path) -> tuple[beam.Pipeline, Any, str, str]:
-    options = PipelineOptions(
+    spec = resolve(
         [
             f"--source=pubsub://{subscription}",
             f"--sink={tmp_path / 'aggregates'}",
@@ -61,8 +60,8 @@ def _start(subscription: str, tmp_path) -> tuple[beam.Pipeline, Any, str, str]:
             "--allowed_lateness=600",
         ]
     )
-    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
-    build_pipeline(pipeline, options)
+    pipeline = new_pipeline(spec)
+    build_pipeline(pipeline, spec)
     return pipeline, pipeline.run(), str(tmp_path / "aggregates"), str(tmp_path / "dead_letter")
 
 

@@ -10,12 +10,10 @@ from __future__ import annotations
 import base64
 import uuid
 
-import apache_beam as beam
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.graph import build_pipeline
-from pipelines.runners import local_runner
+from pipelines.graph import build_pipeline, new_pipeline
+from pipelines.spec import resolve
 from tests.integration.event_mix import MINUTE_US, as_json, event_fields, recent_window
 from tests.integration.results import wait_for_bigquery
 from tests.integration.test_bigquery_sink import METHODS, endpoint_args
@@ -46,7 +44,7 @@ def test_pubsub_to_bigquery_exact_aggregates_and_dead_letters(pubsub_emulator, d
         b"[1, 2, 3]": "not_an_object",
         as_json(event_fields("late1", window_a - 30 * MINUTE_US, "u9", 99)): "too_late",
     }
-    options = PipelineOptions(
+    spec = resolve(
         [
             f"--source=pubsub://{subscription}",
             f"--sink={dataset.uri('aggregates')}",
@@ -55,8 +53,8 @@ def test_pubsub_to_bigquery_exact_aggregates_and_dead_letters(pubsub_emulator, d
             "--allowed_lateness=600",
         ]
     )
-    pipeline = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
-    build_pipeline(pipeline, options)
+    pipeline = new_pipeline(spec)
+    build_pipeline(pipeline, spec)
     result = pipeline.run()
     expected = {
         (format_rfc3339_us(window_a), "click", "/home"): (2, 5.0, 1),

@@ -10,7 +10,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.runners import local_runner
+from pipelines.runners import direct_runner
 from tests.streaming.timeline import at, record, stream
 from transforms import metrics
 from transforms.analytics import AnalyticsConfig, StreamingAnalytics
@@ -35,7 +35,7 @@ def test_every_metric_counts_what_the_stream_held():
     )
     started_us = now_us()
     options = PipelineOptions(streaming=True)
-    p = beam.Pipeline(runner=local_runner(options, streaming=True), options=options)
+    p = beam.Pipeline(runner=direct_runner(streaming=True), options=options)
     _ = p | timeline | StreamingAnalytics(AnalyticsConfig(window=spec, streaming=True, source_kind="kafka"))
     result = p.run()
     result.wait_until_finish()

@@ -17,7 +17,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.runners import local_runner
+from pipelines.runners import direct_runner
 from tests.streaming.timeline import at, record, stream
 from transforms import dead_letter as dl
 from transforms import dedup, event_time, fast_json, parse_validate, windowing
@@ -92,7 +92,7 @@ def test_poison_record_is_dead_lettered_and_the_stream_goes_on(stage: str, monke
         .advance_watermark_to_infinity()
     )
     options = PipelineOptions(streaming=True)
-    with beam.Pipeline(runner=local_runner(options, streaming=True), options=options) as p:
+    with beam.Pipeline(runner=direct_runner(streaming=True), options=options) as p:
         outputs = p | timeline | StreamingAnalytics(AnalyticsConfig(window=SPEC, streaming=True))
         assert_that(
             outputs[AGGREGATES]
@@ -112,7 +112,7 @@ def test_poison_record_in_a_batch_run(stage: str, monkeypatch) -> None:
     step = poison_step(stage, monkeypatch)
     poison = record("poison", POISON_SECONDS, value=1000)
     records = [record("a", 10, value=1), poison, record("b", 20, value=2), record("d", 70, value=8)]
-    with beam.Pipeline(runner=local_runner(PipelineOptions([]), streaming=False)) as p:
+    with beam.Pipeline(runner=direct_runner(streaming=False)) as p:
         batches = [RecordBatch("test", [r.payload for r in records])]
         outputs = p | beam.Create(batches) | StreamingAnalytics(AnalyticsConfig(window=SPEC))
         assert_that(

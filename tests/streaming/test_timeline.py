@@ -12,7 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from pipelines.runners import local_runner
+from pipelines.runners import direct_runner
 from tests.streaming.timeline import at, iso, pane, per_window, record, stream, window, windowed_pane
 from transforms.analytics import AGGREGATES, DEAD_LETTERS, AnalyticsConfig, StreamingAnalytics
 from transforms.records import SourceRecord
@@ -22,7 +22,7 @@ from transforms.windowing import FIXED, SESSION, SLIDING, WindowSpec
 def run_timeline(test_stream, spec: WindowSpec, check) -> None:
     """Runs the analytics graph on ``test_stream``; ``check(aggregates, dead_letters)`` adds the assertions."""
     options = PipelineOptions(streaming=True)
-    with beam.Pipeline(runner=local_runner(options, streaming=True), options=options) as p:
+    with beam.Pipeline(runner=direct_runner(streaming=True), options=options) as p:
         outputs = p | test_stream | StreamingAnalytics(AnalyticsConfig(window=spec, streaming=True))
         check(outputs[AGGREGATES], outputs[DEAD_LETTERS])
 
@@ -211,7 +211,7 @@ def test_source_timestamps_replace_the_payload_event_time():
     )
     options = PipelineOptions(streaming=True)
     config = AnalyticsConfig(window=spec, streaming=True, timestamp_source="publish_time")
-    with beam.Pipeline(runner=local_runner(options, streaming=True), options=options) as p:
+    with beam.Pipeline(runner=direct_runner(streaming=True), options=options) as p:
         outputs = p | timeline | StreamingAnalytics(config)
         assert_that(
             windowed_panes_of(outputs[AGGREGATES]),

@@ -10,14 +10,14 @@ import apache_beam as beam
 import orjson
 import pytest
 from apache_beam.internal import pickler
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import provision
 from pipelines.graph import build_pipeline
-from pipelines.options import ConfigError, analytics_config, bigquery_sink_settings
+from pipelines.options import ConfigError
+from pipelines.release import provision
+from pipelines.spec import resolve
 from pipelines.streaming_analytics import main
 from schemas import AGGREGATES_TABLE, DEAD_LETTER_TABLE
-from transforms.io import UnsupportedUri, WriteRows, check_sink
+from transforms.io import BigQuerySettings, SinkSettings, UnsupportedUri, WriteRows, check_sink
 from transforms.io.bigquery import (
     EMULATOR_HOST_ENV,
     STORAGE_EMULATOR_HOST_ENV,
@@ -246,13 +246,22 @@ def test_sink_arguments_are_checked_at_construction():
     with pytest.raises(ValueError, match="table_kind"):
         WriteToBigQueryTable(AGG_URI, "events")
     with pytest.raises(ValueError, match="table_kind"):
-        WriteRows(AGG_URI)  # a BigQuery sink must know which schema it writes
+        WriteRows(SinkSettings(AGG_URI))  # a BigQuery sink must know which schema it writes
     with pytest.raises(ValueError, match="FILE_LOADS is not supported"):
         WriteToBigQueryTable(AGG_URI, AGGREGATES_TABLE, "FILE_LOADS")
     storage = WriteToBigQueryTable(AGG_URI, AGGREGATES_TABLE, "STORAGE_WRITE_API")
     assert storage.storage_endpoint is None  # Google's, with the job's credentials
-    assert WriteRows(AGG_URI, table_kind=AGGREGATES_TABLE).returns_failed_rows
-    assert not WriteRows("out/aggregates").returns_failed_rows
+    with pytest.raises(ValueError, match="FILE_LOADS is not supported"):
+        WriteRows(SinkSettings(AGG_URI, AGGREGATES_TABLE, bigquery=BigQuerySettings("FILE_LOADS")))
+
+
+def test_a_sink_returns_the_rows_it_refused_by_name():
+    pipeline = beam.Pipeline()  # built, not run: nothing is written or contacted
+    rows = pipeline | beam.Create([{"window_start": "x"}])
+    bigquery = rows | "BigQuery" >> WriteRows(SinkSettings(AGG_URI, AGGREGATES_TABLE))
+    files = rows | "Files" >> WriteRows(SinkSettings("/nonexistent-dir-for-tests/agg"))
+    assert isinstance(bigquery.failed_rows, beam.PCollection)
+    assert files.failed_rows is None  # files, Pub/Sub and Kafka cannot refuse a row
 
 
 # ---- options and CLI -----------------------------------------------------------------------------------------
@@ -260,29 +269,32 @@ def test_sink_arguments_are_checked_at_construction():
 SOURCE = "--source=synthetic://?events=10"
 
 
+def _bigquery(argv: list[str]) -> BigQuerySettings:
+    settings = resolve(argv).sink.bigquery
+    assert settings is not None
+    return settings
+
+
 def test_options_accept_bigquery_sinks(monkeypatch):
-    options = PipelineOptions([SOURCE, f"--sink={AGG_URI}", f"--dead_letter_sink={DLQ_URI}"])
-    analytics_config(options)
-    assert bigquery_sink_settings(options) == {
-        "bigquery_write_method": "STREAMING_INSERTS",
-        "bigquery_endpoint": None,
-        "bigquery_storage_endpoint": None,
-        "bigquery_exactly_once": True,
-    }
+    argv = [SOURCE, f"--sink={AGG_URI}", f"--dead_letter_sink={DLQ_URI}"]
+    spec = resolve(argv)
+    expected = BigQuerySettings("STREAMING_INSERTS", None, None, True)
+    assert spec.sink.bigquery == spec.dead_letter_sink.bigquery == expected
+    assert (spec.sink.table_kind, spec.dead_letter_sink.table_kind) == (AGGREGATES_TABLE, DEAD_LETTER_TABLE)
     monkeypatch.setenv(EMULATOR_HOST_ENV, "127.0.0.1:19050")
-    assert bigquery_sink_settings(options)["bigquery_endpoint"] == "http://127.0.0.1:19050"
-    explicit = PipelineOptions([SOURCE, f"--sink={AGG_URI}", "--bigquery_endpoint=http://127.0.0.1:9999"])
-    assert bigquery_sink_settings(explicit)["bigquery_endpoint"] == "http://127.0.0.1:9999"
+    assert _bigquery(argv).endpoint == "http://127.0.0.1:19050"
+    explicit = [SOURCE, f"--sink={AGG_URI}", "--bigquery_endpoint=http://127.0.0.1:9999"]
+    assert _bigquery(explicit).endpoint == "http://127.0.0.1:9999"
 
 
 def test_storage_write_options_and_delivery_per_runner(monkeypatch):
     storage = [SOURCE, f"--sink={AGG_URI}", "--bigquery_write_method=STORAGE_WRITE_API"]
-    settings = bigquery_sink_settings(PipelineOptions(storage))
-    assert (settings["bigquery_write_method"], settings["bigquery_storage_endpoint"]) == ("STORAGE_WRITE_API", None)
+    settings = _bigquery(storage)
+    assert (settings.write_method, settings.storage_endpoint) == ("STORAGE_WRITE_API", None)
     emulator = [*storage, "--bigquery_endpoint=http://127.0.0.1:19050", "--bigquery_storage_endpoint=127.0.0.1:19060"]
-    assert bigquery_sink_settings(PipelineOptions(emulator))["bigquery_storage_endpoint"] == "127.0.0.1:19060"
+    assert _bigquery(emulator).storage_endpoint == "127.0.0.1:19060"
     monkeypatch.setenv(STORAGE_EMULATOR_HOST_ENV, "127.0.0.1:29060")
-    assert bigquery_sink_settings(PipelineOptions(storage))["bigquery_storage_endpoint"] == "127.0.0.1:29060"
+    assert _bigquery(storage).storage_endpoint == "127.0.0.1:29060"
     # Exactly-once where a failed bundle is retried with the same input (or fails the job); at-least-once elsewhere.
     for runner, exactly_once in [
         (None, True),
@@ -293,14 +305,13 @@ def test_storage_write_options_and_delivery_per_runner(monkeypatch):
         ("PortableRunner", False),
     ]:
         argv = [*storage, f"--runner={runner}"] if runner else storage
-        assert bigquery_sink_settings(PipelineOptions(argv))["bigquery_exactly_once"] is exactly_once, runner
+        assert _bigquery(argv).exactly_once is exactly_once, runner
 
 
 def test_endpoint_is_ignored_without_a_bigquery_sink(monkeypatch):
     monkeypatch.setenv(EMULATOR_HOST_ENV, "ftp://not-used")
-    options = PipelineOptions([SOURCE, "--sink=/nonexistent-dir-for-tests/agg"])
-    analytics_config(options)
-    assert bigquery_sink_settings(options)["bigquery_endpoint"] is None
+    spec = resolve([SOURCE, "--sink=/nonexistent-dir-for-tests/agg"])
+    assert spec.sink.bigquery is None and spec.dead_letter_sink.bigquery is None
 
 
 @pytest.mark.parametrize(
@@ -338,21 +349,19 @@ def test_file_loads_error_says_why(capsys):
 
 def test_config_error_for_bad_write_method():
     with pytest.raises(ConfigError, match="--bigquery_write_method: unknown BigQuery write method 'FAST'"):
-        analytics_config(PipelineOptions([SOURCE, "--bigquery_write_method=FAST"]))
+        resolve([SOURCE, "--bigquery_write_method=FAST"])
 
 
 def test_graph_routes_refused_rows_to_the_dead_letter_sink():
     """Built, not run: production clients are only created on workers, so nothing is contacted here."""
-    options = PipelineOptions(["--source=synthetic://?events=10", f"--sink={AGG_URI}", f"--dead_letter_sink={DLQ_URI}"])
-    pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, options)
+    spec = resolve(["--source=synthetic://?events=10", f"--sink={AGG_URI}", f"--dead_letter_sink={DLQ_URI}"])
+    pipeline = beam.Pipeline()
+    build_pipeline(pipeline, spec)
     labels = {t.full_label for t in pipeline.transforms_stack[0].parts}
     assert {"WriteAggregates", "WithRefusedAggregates", "WriteDeadLetters", "LogLostDeadLetters"} <= labels
 
-    files = PipelineOptions(
-        ["--source=synthetic://?events=10", "--sink=/nonexistent/a", "--dead_letter_sink=/nonexistent/d"]
-    )
-    pipeline = beam.Pipeline(options=files)
+    files = resolve(["--source=synthetic://?events=10", "--sink=/nonexistent/a", "--dead_letter_sink=/nonexistent/d"])
+    pipeline = beam.Pipeline()
     build_pipeline(pipeline, files)
     labels = {t.full_label for t in pipeline.transforms_stack[0].parts}
     assert "WithRefusedAggregates" not in labels and "LogLostDeadLetters" not in labels

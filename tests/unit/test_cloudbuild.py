@@ -147,7 +147,7 @@ def test_rename_map_if_present_maps_old_labels_to_current_ones():
     mapping_file = ROOT / "templates" / "transform_name_mapping.json"
     if not mapping_file.exists():
         return
-    from pipelines.labels import read_golden
+    from pipelines.release.labels import read_golden
 
     current = {line.split(": ", 1)[1] for line in read_golden()}
     for old, new in json.loads(mapping_file.read_text()).items():

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions
 
 from pipelines import runners
-from pipelines.streaming_analytics import _given
+from pipelines.spec import resolve
 
 
-def direct(options: PipelineOptions) -> tuple[int, str]:
-    view = options.view_as(DirectOptions)
+def direct(argv: list[str]) -> tuple[int, str]:
+    spec = resolve(argv)
+    view = runners.beam_options(spec.runner, spec.argv).view_as(DirectOptions)
     return view.direct_num_workers, view.direct_running_mode
 
 
@@ -26,16 +27,14 @@ def test_input_size_of_files_and_synthetic_sources(tmp_path):
 
 def test_large_input_uses_every_core_small_input_stays_in_process(monkeypatch):
     monkeypatch.setattr(runners.os, "cpu_count", lambda: 2)
-    small, large = PipelineOptions([]), PipelineOptions([])
-    assert not runners.use_every_core_for_large_input(small, "synthetic://?events=1000")
-    assert direct(small) == (1, "in_memory")
-    assert runners.use_every_core_for_large_input(large, "synthetic://?events=5000000")
-    assert direct(large) == (0, "multi_processing")  # Beam: 0 = one worker per core
+    assert direct(["--source=synthetic://?events=1000"]) == (1, "in_memory")
+    assert direct(["--source=synthetic://?events=5000000"]) == (0, "multi_processing")  # Beam: 0 = one per core
+    assert resolve(["--source=synthetic://?events=5000000"]).runner.every_core
     monkeypatch.setattr(runners.os, "cpu_count", lambda: 1)
-    assert not runners.use_every_core_for_large_input(PipelineOptions([]), "synthetic://?events=5000000")
+    assert direct(["--source=synthetic://?events=5000000"]) == (1, "in_memory")
 
 
-def test_an_explicit_worker_count_is_seen():
-    assert _given(["--direct_num_workers=1"], "--direct_num_workers")
-    assert _given(["--direct_num_workers", "1"], "--direct_num_workers")
-    assert not _given(["--direct_num_workers_x=1", "--source=x"], "--direct_num_workers")
+def test_an_explicit_worker_count_is_kept():
+    for argv in (["--direct_num_workers=1"], ["--direct_num_workers", "1"]):
+        assert direct(["--source=synthetic://?events=5000000", *argv]) == (1, "in_memory")
+    assert not resolve(["--source=synthetic://?events=5000000", "--direct_num_workers=2"]).runner.every_core

@@ -1,15 +1,15 @@
-"""Flink's checkpointing, restart and state options: declared once (AnalyticsOptions), refused at start-up with one
+"""Flink's checkpointing, restart and state options: declared once (the option table), refused at start-up with one
 line naming the option when wrong, typed for the job server when right, and kept out of the Dataflow template."""
 
 from __future__ import annotations
 
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import jars
-from pipelines import template_metadata as tm
-from pipelines.options import FLINK_OPTIONS, ConfigError, analytics_config, flink_settings
-from pipelines.runners import fill_portable_runner_options
+from pipelines import runners
+from pipelines.local_run import jars
+from pipelines.options import FLINK_OPTIONS, ConfigError
+from pipelines.release import template_metadata as tm
+from pipelines.spec import resolve
 from pipelines.streaming_analytics import main
 
 SAFE = ["--sink=/nonexistent-dir-for-tests/agg", "--dead_letter_sink=/nonexistent-dir-for-tests/dlq"]
@@ -83,24 +83,24 @@ def test_valid_flink_options_are_typed_for_the_job_server(monkeypatch):
         "max_bundle_size": 100,
         "max_bundle_time_mills": 50,
     }
-    options = PipelineOptions(argv)
-    analytics_config(options)  # accepted
-    assert flink_settings(options) == expected
+    spec = resolve(argv)  # accepted
+    assert spec.runner.flink == expected
     monkeypatch.setattr(jars, "flink_job_server_jar", lambda: "/cache/flink-job-server.jar")
-    sent = fill_portable_runner_options(options).get_all_options(drop_default=True)
+    sent = runners.beam_options(spec.runner, spec.argv).get_all_options(drop_default=True)
     # What the portable runner sends to the job server (beam:option:<name>:v1), with the types Java expects.
     assert {name: sent[name] for name in expected} == expected
 
 
 def test_no_flink_option_means_no_setting_on_any_runner():
     for runner in ("DirectRunner", "FlinkRunner", "DataflowRunner"):
-        assert flink_settings(PipelineOptions([f"--runner={runner}"])) == {}
+        source = "--source=x.jsonl" if runner != "DirectRunner" else "--source=synthetic://?events=1"
+        assert resolve([f"--runner={runner}", source]).runner.flink == {}
 
 
 def test_flink_options_are_documented_but_not_template_parameters():
-    assert set(FLINK_OPTIONS).isdisjoint(a.dest for a in tm.option_actions())
+    assert {o.name for o in FLINK_OPTIONS}.isdisjoint(o.name for o in tm.template_options())
 
 
 def test_config_error_names_the_option():
     with pytest.raises(ConfigError, match="^--checkpointing_mode "):
-        flink_settings(PipelineOptions(["--runner=FlinkRunner", "--checkpointing_mode=AT_LEAST_ONCE"]))
+        resolve(["--runner=FlinkRunner", "--source=x.jsonl", "--checkpointing_mode=AT_LEAST_ONCE"])

@@ -1,5 +1,5 @@
-"""The rule every cached download or build follows (pipelines/install_once.py): once, under a lock, redone when
-its inputs change or when it was interrupted."""
+"""The rule every cached download or build follows (pipelines/local_run/install_once.py): once, under a lock, redone
+when its inputs change or when it was interrupted."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.install_once import install_once
+from pipelines.local_run.install_once import install_once
 
 
 def test_runs_once_then_costs_nothing(tmp_path: Path) -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.options import ConfigError, analytics_config
+from pipelines.options import ConfigError
+from pipelines.spec import resolve
 from pipelines.streaming_analytics import main
 from transforms.io.kafka import KafkaTopic, check_start_offset, parse_kafka_uri, record_metadata
 
@@ -76,12 +76,15 @@ def test_start_offsets():
         ),
         (["--source=kafka://b:1/a,b"], "--source"),
         (["--dead_letter_sink=kafka://b/t"], "--dead_letter_sink"),
-        (["--source=kafka://b:1/t", "--runner=DirectRunner"], "the direct runner cannot run"),
+        (
+            ["--source=synthetic://?events=5&mode=replay", "--dead_letter_sink=kafka://b:1/t", "--runner=DirectRunner"],
+            "a replay (mode=replay, the default embedded demo) is a TestStream",
+        ),
     ],
 )
 def test_bad_kafka_options_fail_at_start_up(argv, words):
     with pytest.raises(ConfigError) as raised:
-        analytics_config(PipelineOptions(["--sink=/nonexistent/a", "--runner=PrismRunner", *argv]))
+        resolve(["--sink=/nonexistent/a", "--runner=PrismRunner", *argv])
     assert words in str(raised.value)
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.options import DEMO_SOURCE, AnalyticsOptions, ConfigError, analytics_config
+from pipelines.options import DEMO_SOURCE, AnalyticsOptions, ConfigError
+from pipelines.spec import resolve
 from pipelines.streaming_analytics import main
 from transforms.analytics import AnalyticsConfig
 from transforms.windowing import FIXED, SESSION, SLIDING, WindowSpec
@@ -58,8 +59,8 @@ BAD = [
     (["--source=pubsub://projects/x"], "--source"),
     (["--source=pubsub://projects/my-project/subscriptions/events", "--runner=PrismRunner"], "--source"),
     (["--source=pubsub://projects/my-project/topics/events", "--runner=FlinkRunner"], "--source"),
-    (["--source=kafka://127.0.0.1:9092/events"], "--source"),  # Java KafkaIO: not on the direct runner
-    (["--dead_letter_sink=kafka://127.0.0.1:9092/dlq"], "--dead_letter_sink"),
+    (["--source=kafka://127.0.0.1:1/events"], "--source"),  # the start-up check: no broker answers there
+    (["--dead_letter_sink=kafka://127.0.0.1:9092/dlq"], "--dead_letter_sink"),  # a replay (the demo) cannot run Java
     (["--source=synthetic://?events=5&mode=replay", "--runner=PrismRunner"], "--source"),  # TestStream: direct only
     (["--source=synthetic://?events=5&mode=replay", "--runner=FlinkRunner"], "--source"),
     (["--source=synthetic://?format=avro"], "--source"),  # generates Avro, parsed as JSON
@@ -100,6 +101,18 @@ def test_bad_option_exits_2_with_one_error_line(argv, option, capsys):
     assert captured.out == ""
 
 
+def test_help_examples_use_the_ports_of_the_local_services(capsys):
+    """The addresses in --help are the ones `make services-up` serves (they once said 9050/9060)."""
+    import re
+
+    from services import SERVICES
+
+    assert main(["--help"]) == 0
+    ports = {int(p) for p in re.findall(r"127\.0\.0\.1:([0-9]+)", capsys.readouterr().out)}
+    served = {port for cls in SERVICES.values() for port in cls.fixed_ports.values()}
+    assert ports and ports <= served, ports - served
+
+
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_help_lists_the_options(flag, capsys):
     assert main([flag]) == 0
@@ -125,7 +138,7 @@ def test_help_lists_the_options(flag, capsys):
 
 
 def config(*argv: str) -> AnalyticsConfig:
-    return analytics_config(PipelineOptions(list(argv)))
+    return resolve(list(argv)).analytics
 
 
 def test_defaults():
@@ -138,6 +151,7 @@ def test_defaults():
         dedup_horizon_s=600,
         window=WindowSpec(FIXED, 60, None, 300, 600, 10),
         streaming=True,  # the default source, the embedded demo, is a replay: a stream on a simulated clock
+        source_kind="synthetic",
     )
     assert PipelineOptions([]).view_as(AnalyticsOptions).source == DEMO_SOURCE
 
@@ -199,13 +213,11 @@ def test_config_error_is_a_value_error_naming_the_option():
 )
 def test_timestamp_source_must_fit_the_source(argv, message):
     with pytest.raises(ConfigError, match=message):
-        analytics_config(PipelineOptions(argv))
+        resolve(argv)
 
 
 def test_timestamp_source_reaches_the_config():
-    config = analytics_config(
-        PipelineOptions(
-            ["--source=pubsub://projects/my-project/subscriptions/events", "--timestamp_source=publish_time"]
-        )
-    )
+    config = resolve(
+        ["--source=pubsub://projects/my-project/subscriptions/events", "--timestamp_source=publish_time"]
+    ).analytics
     assert config.timestamp_source == "publish_time" and config.streaming

@@ -6,10 +6,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import template_metadata as tm
-from pipelines.options import analytics_config
+from pipelines.options import BY_NAME
+from pipelines.spec import resolve
 from pipelines.streaming_analytics import main
 from transforms.io.kafka_security import ENV_PROVIDER_CLASS, kafka_security
 from transforms.secrets import ENV, SECRET_MANAGER, SecretError, SecretRef, parse_secret_ref
@@ -152,11 +151,10 @@ def test_good_names_pass():
         [
             "--source=kafka://[::1]:9092,broker-1.example.com:9093/events_v2.x-y",
             "--kafka_consumer_group=a.b_c-1",
-            "--runner=PrismRunner",  # Java KafkaIO: not on the direct runner
         ],
         ["--source=pubsub://projects/my-project/topics/" + "t" * 255],
     ):
-        analytics_config(PipelineOptions([*argv, *SAFE]))
+        resolve([*argv, *SAFE])
 
 
 # ---- Kafka client properties ---------------------------------------------------------------------------------------
@@ -209,7 +207,7 @@ def test_plaintext_adds_nothing_and_ssl_without_ca_uses_the_jvm_trust_store():
 )
 def test_secret_references(text, ref):
     assert parse_secret_ref(text) == ref
-    assert re.fullmatch(tm.PARAMS["pseudonymization_key"].regex, text.strip())
+    assert re.fullmatch(BY_NAME["pseudonymization_key"].template.regex, text.strip())
 
 
 @pytest.mark.parametrize(
@@ -231,4 +229,4 @@ def test_secret_references(text, ref):
 def test_bad_secret_references(text):
     with pytest.raises(SecretError):
         parse_secret_ref(text)
-    assert not re.fullmatch(tm.PARAMS["pseudonymization_key"].regex, text)
+    assert not re.fullmatch(BY_NAME["pseudonymization_key"].template.regex, text)

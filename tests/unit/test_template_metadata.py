@@ -1,4 +1,5 @@
-"""templates/metadata.json is generated from AnalyticsOptions, and its regexes agree with the real validation."""
+"""templates/metadata.json and the README's options table are generated from the option table (pipelines/options.py),
+and the template's regexes agree with the real validation."""
 
 from __future__ import annotations
 
@@ -6,38 +7,47 @@ import json
 import re
 
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import template_metadata as tm
-from pipelines.options import ConfigError, analytics_config
+from pipelines.options import ALL_OPTIONS, EXAMPLE_SECRET_ENV, ConfigError
+from pipelines.release import template_metadata as tm
+from pipelines.spec import resolve
 
-ACTIONS = {a.dest: a for a in tm.option_actions()}
+OPTIONS = {o.name: o for o in tm.template_options()}
+PARAMS = {name: option.template for name, option in OPTIONS.items()}
 
 
 @pytest.fixture(autouse=True)
 def _example_secrets(monkeypatch):
     """The variables the documented secret references (env:NAME) name, so the real validation can resolve them."""
-    for name, value in tm.EXAMPLE_SECRET_ENV.items():
+    for name, value in EXAMPLE_SECRET_ENV.items():
         monkeypatch.setenv(name, value)
 
 
 def _accepted(name: str, value: str) -> bool:
     """Does the pipeline's own validation take ``--name=value`` (with the other options it needs)?"""
-    argv = [*tm.PARAMS[name].context_for(value), f"--{name}={value}"]
+    argv = [*PARAMS[name].context_for(value), f"--{name}={value}"]
     try:
-        analytics_config(PipelineOptions(argv))
+        resolve(argv)
     except ConfigError:
         return False
     return True
 
 
 def _matches(name: str, value: str) -> bool:
-    return re.fullmatch(tm.PARAMS[name].regex, value) is not None
+    return re.fullmatch(PARAMS[name].regex, value) is not None
 
 
 def test_committed_metadata_is_the_generated_one():
     committed = tm.METADATA.read_text()
-    assert committed == tm.render(tm.build_metadata()), "stale: python -m pipelines.template_metadata --write"
+    assert committed == tm.render(tm.build_metadata()), "stale: python -m pipelines.release.template_metadata --write"
+
+
+def test_committed_readme_options_table_is_the_generated_one():
+    readme = tm.README.read_text()
+    assert tm.README_START in readme and tm.README_END in readme
+    assert tm.readme_with_table(readme) == readme, "stale: python -m pipelines.release.template_metadata --write"
+    for option in ALL_OPTIONS:  # every option, Flink's included, has its row
+        assert f"| `{option.flag}` |" in readme
 
 
 def test_metadata_is_a_valid_template_metadata():
@@ -47,26 +57,20 @@ def test_metadata_is_a_valid_template_metadata():
 def test_every_option_is_a_parameter_with_its_help():
     metadata = json.loads(tm.METADATA.read_text())
     by_name = {p["name"]: p for p in metadata["parameters"]}
-    assert list(by_name) == [a.dest for a in tm.option_actions()]
-    for name, action in ACTIONS.items():
+    assert list(by_name) == list(OPTIONS)
+    for name, option in OPTIONS.items():
         param = by_name[name]
-        assert param["label"] and param["helpText"].startswith(" ".join(action.help.split())[:40])
-        assert param["regexes"] == [tm.PARAMS[name].regex]
-        assert param["isOptional"] is not tm.PARAMS[name].required
-        if action.default is not None and not tm.PARAMS[name].required:
-            assert param["defaultValue"] == str(action.default)
+        assert param["label"] and param["helpText"].startswith(" ".join(option.help.split())[:40])
+        assert param["regexes"] == [PARAMS[name].regex]
+        assert param["isOptional"] is not PARAMS[name].required
+        if option.default is not None and not PARAMS[name].required:
+            assert param["defaultValue"] == str(option.default)
 
 
-def test_table_and_options_cannot_drift(monkeypatch):
-    monkeypatch.delitem(tm.PARAMS, "window_size")
-    with pytest.raises(KeyError, match="add \\['window_size'\\]"):
-        tm.build_metadata()
-
-
-@pytest.mark.parametrize("name", sorted(tm.PARAMS))
+@pytest.mark.parametrize("name", sorted(PARAMS))
 def test_regex_accepts_the_default_and_documented_values(name):
-    param = tm.PARAMS[name]
-    default = ACTIONS[name].default
+    param = PARAMS[name]
+    default = OPTIONS[name].default
     values = [*param.examples, *([str(default)] if default is not None else [])]
     for value in values:
         assert _matches(name, value), f"--{name}: regex rejects {value!r}"
@@ -75,18 +79,18 @@ def test_regex_accepts_the_default_and_documented_values(name):
         assert _matches(name, value) and _accepted(name, value)
 
 
-@pytest.mark.parametrize("name", sorted(tm.PARAMS))
+@pytest.mark.parametrize("name", sorted(PARAMS))
 def test_regex_rejects_bad_values_the_pipeline_rejects_too(name):
-    param = tm.PARAMS[name]
+    param = PARAMS[name]
     assert param.bad, f"--{name}: give at least one bad value"
     for value in param.bad:
         assert not _matches(name, value), f"--{name}: regex accepts bad value {value!r}"
         assert not _accepted(name, value), f"--{name}: {value!r} listed as bad, but the pipeline accepts it"
 
 
-@pytest.mark.parametrize("name", sorted(tm.PARAMS))
+@pytest.mark.parametrize("name", sorted(PARAMS))
 def test_documented_differences_from_the_validation_are_real(name):
-    param = tm.PARAMS[name]
+    param = PARAMS[name]
     for value in param.stricter:
         assert not _matches(name, value) and _accepted(name, value), f"--{name}: {value!r} is not 'stricter'"
     for value in param.lenient:

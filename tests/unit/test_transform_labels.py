@@ -2,14 +2,14 @@
 
 The golden file lists every full label of the batch and streaming Dataflow graphs. If this test fails, either
 the rename was accidental (undo it) or deliberate: read docs/updating-jobs.md, run
-`python -m pipelines.labels --update`, and ship a `--transform_name_mapping` with the change.
+`python -m pipelines.release.labels --update`, and ship a `--transform_name_mapping` with the change.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from pipelines import labels
+from pipelines.release import labels
 
 # The stable labels promised in docs/design.md.
 DESIGNED = {
@@ -38,10 +38,10 @@ def current() -> list[str]:
 
 def test_labels_match_the_golden_file(current):
     committed = labels.read_golden()
-    assert committed, f"{labels.GOLDEN} is missing or empty: python -m pipelines.labels --update"
+    assert committed, f"{labels.GOLDEN} is missing or empty: python -m pipelines.release.labels --update"
     assert current == committed, (
         "transform labels changed (breaks Dataflow --update without --transform_name_mapping); if deliberate, "
-        "run `python -m pipelines.labels --update`:\n" + labels.diff(committed, current)
+        "run `python -m pipelines.release.labels --update`:\n" + labels.diff(committed, current)
     )
 
 

@@ -5,6 +5,8 @@ Sources produce ``SourceRecord``s; sinks take JSON-ready rows (aggregates or dea
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import apache_beam as beam
@@ -144,50 +146,63 @@ class ReadRecords(beam.PTransform):
         return pbegin | "JsonLines" >> ReadJsonLineBatches(path)
 
 
+@dataclass(frozen=True)
+class BigQuerySettings:
+    """How ``bigquery://`` sinks write (``transforms/io/bigquery.py``: ``WriteToBigQueryTable``)."""
+
+    write_method: str = STREAMING_INSERTS
+    endpoint: str | None = None  # a BigQuery emulator's REST endpoint; None = Google's, with the job's credentials
+    storage_endpoint: str | None = None  # STORAGE_WRITE_API: the emulator's gRPC address; None = Google's
+    exactly_once: bool = True  # STORAGE_WRITE_API: the runner retries bundles with stable input
+
+
+@dataclass(frozen=True)
+class SinkSettings:
+    """Everything a sink needs: where (``uri``), what (``table_kind``: ``aggregates`` or ``dead_letter``, the schema
+    of a table), and the settings of its kind (``bigquery`` for ``bigquery://``, ``kafka`` for ``kafka://``)."""
+
+    uri: str
+    table_kind: str | None = None
+    streaming: bool = False
+    bigquery: BigQuerySettings | None = None
+    kafka: KafkaSettings | None = None
+
+
+class WriteRowsResult(NamedTuple):
+    """What a sink gives back. ``failed_rows``: the rows the sink refused, as dead letters (``stage=write``); None for
+    sinks that cannot refuse a row (files, Pub/Sub, Kafka)."""
+
+    failed_rows: beam.PCollection | None = None
+
+
 class WriteRows(beam.PTransform):
-    """JSON-ready rows -> the sink named by ``uri``.
+    """JSON-ready rows -> the sink ``settings`` names; returns a ``WriteRowsResult``."""
 
-    A BigQuery sink needs ``table_kind`` (``aggregates`` or ``dead_letter``) and returns the rows the table refused
-    as dead letters (``returns_failed_rows`` is then True); other sinks return nothing of use. The ``bigquery_*``
-    arguments are WriteToBigQueryTable's (``pipelines.options.bigquery_sink_settings`` makes them from the options).
-    """
-
-    def __init__(
-        self,
-        uri: str,
-        streaming: bool = False,
-        table_kind: str | None = None,
-        bigquery_write_method: str = STREAMING_INSERTS,
-        bigquery_endpoint: str | None = None,
-        kafka: KafkaSettings | None = None,
-        bigquery_storage_endpoint: str | None = None,
-        bigquery_exactly_once: bool = True,
-    ) -> None:
+    def __init__(self, settings: SinkSettings) -> None:
         super().__init__()
-        check_sink(uri)
-        self._uri = uri
-        self._streaming = streaming
-        self._kafka = kafka
-        self.returns_failed_rows = scheme_of(uri) == BIGQUERY
-        self._bigquery = (
-            WriteToBigQueryTable(
-                uri,
-                table_kind,
-                bigquery_write_method,
-                streaming,
-                bigquery_endpoint,
-                bigquery_storage_endpoint,
-                bigquery_exactly_once,
+        check_sink(settings.uri)
+        self._settings = settings
+        self._bigquery = None
+        if scheme_of(settings.uri) == BIGQUERY:
+            bigquery = settings.bigquery or BigQuerySettings()
+            self._bigquery = WriteToBigQueryTable(
+                settings.uri,
+                settings.table_kind,
+                bigquery.write_method,
+                settings.streaming,
+                bigquery.endpoint,
+                bigquery.storage_endpoint,
+                bigquery.exactly_once,
             )
-            if self.returns_failed_rows
-            else None
-        )
 
-    def expand(self, rows):
+    def expand(self, rows) -> WriteRowsResult:
+        uri = self._settings.uri
         if self._bigquery is not None:
-            return rows | "BigQuery" >> self._bigquery
-        if scheme_of(self._uri) == PUBSUB:
-            return rows | "PubSub" >> WritePubSubRows(self._uri)
-        if scheme_of(self._uri) == KAFKA:
-            return rows | "Kafka" >> WriteKafkaRows(self._uri, self._kafka)
-        return rows | "JsonFiles" >> WriteJsonLines(_local_path(self._uri))
+            return WriteRowsResult(failed_rows=rows | "BigQuery" >> self._bigquery)
+        if scheme_of(uri) == PUBSUB:
+            rows | "PubSub" >> WritePubSubRows(uri)
+        elif scheme_of(uri) == KAFKA:
+            rows | "Kafka" >> WriteKafkaRows(uri, self._settings.kafka)
+        else:
+            rows | "JsonFiles" >> WriteJsonLines(_local_path(uri))
+        return WriteRowsResult()

@@ -1,8 +1,8 @@
 """BigQuery sink: aggregates or dead letters into a provisioned table, refused rows back as dead letters.
 
-``bigquery://PROJECT.DATASET.TABLE`` names the table. Tables are created ahead by ``python -m pipelines.provision``
-(partitioning, clustering, the final-pane view); the sink never creates or alters one and only appends. Two write
-methods (``--bigquery_write_method``):
+``bigquery://PROJECT.DATASET.TABLE`` names the table. Tables are created ahead by
+``python -m pipelines.release.provision`` (partitioning, clustering, the final-pane view); the sink never creates or
+alters one and only appends. Two write methods (``--bigquery_write_method``):
 
 - ``STREAMING_INSERTS``: Beam's ``WriteToBigQuery`` (``tabledata.insertAll``, pure Python), at-least-once with
   best-effort ``insertId`` de-duplication.

@@ -7,4 +7,6 @@ hyphens, starting with a letter, not ending with a hyphen; legacy domain-scoped 
 
 from __future__ import annotations
 
-PROJECT_ID = r"(?:[a-z][-a-z0-9]*(?:\.[-a-z0-9]+)+:)?[a-z][-a-z0-9]{4,28}[a-z0-9]"
+# Written in the subset POSIX ERE, Java and Python agree on (plain groups, no escapes), so the flex template's
+# parameter regexes (pipelines/options.py) use this very pattern.
+PROJECT_ID = "([a-z][-a-z0-9]*([.][-a-z0-9]+)+:)?[a-z][-a-z0-9]{4,28}[a-z0-9]"

@@ -5,7 +5,7 @@
 time the too-late filter judges by); each record keeps ``topic``, ``partition``, ``offset``, ``timestamp``
 (epoch ms) and ``key`` for its dead letter. Writing sends each row as JSON bytes, keyed by its ``error_code``.
 
-Both transforms are Java (KafkaIO) expanded by an expansion service: pass one (``pipelines/jars.py`` builds it
+Both transforms are Java (KafkaIO) expanded by an expansion service: pass one (``pipelines/local_run/jars.py`` builds it
 from the cached jars); with None, Beam would download its default jar, which this project never relies on.
 """
 
@@ -35,7 +35,8 @@ _SERVER = re.compile(rf"(?P<host>{_HOST}):(?P<port>[0-9]{{1,5}})")
 
 # The read configuration ``ReadFromKafka`` would send, cut to the fields every Java KafkaIO since 2.5x knows: Beam 2.77
 # adds fields (redistribute, allow_duplicates, ...) that an older expansion service refuses ("missing a setter"), and
-# the Flink runner here is Beam Java 2.56 (pipelines/jars.py). Newer Java sides take absent fields as their defaults.
+# the Flink runner here is Beam Java 2.56 (pipelines/local_run/jars.py). Newer Java sides take absent fields as their
+# defaults.
 _READ_CONFIG_FIELDS = (
     "consumer_config",
     "topics",

@@ -1,7 +1,7 @@
 """Creates what the BigQuery sinks write to, idempotently: the dataset, both tables and the final-pane view.
 
-    python -m pipelines.provision --dataset=my-project.analytics
-    python -m pipelines.provision --dataset=local-project.ds --endpoint=http://127.0.0.1:19050   # an emulator
+    python -m pipelines.release.provision --dataset=my-project.analytics
+    python -m pipelines.release.provision --dataset=local-project.ds --endpoint=http://127.0.0.1:19050   # an emulator
 
 - ``<aggregates>``: schema ``schemas/aggregates.bq.json``, partitioned by DAY on ``window_start``, clustered by
   ``event_type``, ``key``.
@@ -26,6 +26,7 @@ from google.api_core.exceptions import Conflict, GoogleAPIError, NotFound
 from google.cloud import bigquery
 from google.cloud.bigquery.retry import DEFAULT_RETRY
 
+from pipelines.startup_check import schema_problems
 from schemas import AGGREGATES_TABLE, DEAD_LETTER_TABLE, bigquery_schema
 from transforms.io.bigquery import (
     SCHEME,
@@ -43,8 +44,6 @@ DEAD_LETTER_PARTITION_FIELD = "failed_at"
 # Every API call is bounded: a wrong endpoint fails in about a minute instead of hanging.
 _TIMEOUT_S = 30.0
 _RETRY = DEFAULT_RETRY.with_timeout(60.0)
-# Legacy and standard SQL names of the same types.
-_TYPE_ALIASES = {"INT64": "INTEGER", "FLOAT64": "FLOAT", "BOOL": "BOOLEAN", "STRUCT": "RECORD"}
 
 
 class ProvisionError(Exception):
@@ -109,27 +108,8 @@ def _describe_partitioning(table: bigquery.Table) -> str:
     return ", ".join(parts)
 
 
-def _type(name: str) -> str:
-    return _TYPE_ALIASES.get(name.upper(), name.upper())
-
-
-def schema_problems(expected: Sequence[bigquery.SchemaField], actual: Sequence[bigquery.SchemaField]) -> list[str]:
-    """Why a table with ``actual`` columns cannot take the sink's rows (empty: it can)."""
-    problems = []
-    have = {field.name: field for field in actual}
-    wanted = {field.name for field in expected}
-    for field in expected:
-        found = have.get(field.name)
-        if found is None:
-            problems.append(f"column {field.name} is missing")
-        elif _type(found.field_type) != _type(field.field_type):
-            problems.append(f"column {field.name} is {found.field_type}, the sink writes {field.field_type}")
-        elif found.mode == "REQUIRED" and field.mode != "REQUIRED":
-            problems.append(f"column {field.name} is REQUIRED, the sink may write null")
-        elif found.mode == "REPEATED" and field.mode != "REPEATED":
-            problems.append(f"column {field.name} is REPEATED, the sink writes one value")
-    problems += [f"extra column {f.name} is REQUIRED" for f in actual if f.name not in wanted and f.mode == "REQUIRED"]
-    return problems
+def _columns(schema: Sequence[bigquery.SchemaField]) -> list[tuple[str, str, str]]:
+    return [(field.name, field.field_type, field.mode or "NULLABLE") for field in schema]
 
 
 def create_or_get_table(client: bigquery.Client, wanted: bigquery.Table) -> bigquery.Table | None:
@@ -162,7 +142,7 @@ def _ensure_table(client: bigquery.Client, wanted: bigquery.Table) -> Outcome:
             return Outcome("table", table_id, "created", _describe_partitioning(wanted))
     if existing.table_type != "TABLE":
         raise ProvisionError(f"{table_id} exists but is a {existing.table_type}, not a table")
-    problems = schema_problems(wanted.schema, existing.schema)
+    problems = schema_problems(_columns(wanted.schema), _columns(existing.schema))
     if problems:
         raise ProvisionError(f"{table_id} exists but cannot take the sink's rows: {'; '.join(problems)}")
     detail = _describe_partitioning(existing) or "not partitioned"
@@ -230,7 +210,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="python -m pipelines.provision",
+        prog="python -m pipelines.release.provision",
         description="Create the BigQuery dataset, tables and final-pane view the sinks write to (idempotent).",
         allow_abbrev=False,
     )

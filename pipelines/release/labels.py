@@ -5,10 +5,10 @@ or moved transform breaks the update unless ``--transform_name_mapping`` maps it
 labels come from a Dataflow dry run of ``build_pipeline`` (offline, no credentials: ``--dry_run=True`` returns
 before any API call), so they are exactly the names the service compares, Beam-internal ones included.
 
-    python -m pipelines.labels                   # print the golden variants' labels (what the golden file holds)
-    python -m pipelines.labels --check           # exit 1 with a diff if they differ from the golden file
-    python -m pipelines.labels --update          # rewrite tests/golden/transform_labels.txt (a deliberate change)
-    python -m pipelines.labels --streaming --source=synthetic://?rate=10   # labels of any other options set
+    python -m pipelines.release.labels              # print the golden variants' labels (what the golden file holds)
+    python -m pipelines.release.labels --check      # exit 1 with a diff if they differ from the golden file
+    python -m pipelines.release.labels --update     # rewrite tests/golden/transform_labels.txt (a deliberate change)
+    python -m pipelines.release.labels --streaming --source=synthetic://?rate=10   # labels of any other options set
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from apache_beam.portability.api import beam_runner_api_pb2
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden" / "transform_labels.txt"
 
 # Options that make DataflowRunner translate the pipeline and return before any API call. Names must be valid:
@@ -47,9 +47,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 }
 
 HEADER = (
-    "# Transform labels of the Dataflow job (python -m pipelines.labels), one '<variant>: <label>' per line.\n"
+    "# Transform labels of the Dataflow job (python -m pipelines.release.labels), one '<variant>: <label>' per line.\n"
     "# A change here breaks `--update` of a running job unless mapped: read docs/updating-jobs.md, then run\n"
-    "# `python -m pipelines.labels --update` and commit this file with the change.\n"
+    "# `python -m pipelines.release.labels --update` and commit this file with the change.\n"
 )
 
 
@@ -105,7 +105,7 @@ def diff(expected: Sequence[str], actual: Sequence[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.labels",
+        prog="python -m pipelines.release.labels",
         description="Transform labels of the Dataflow job. Other arguments are pipeline options: with them, print "
         "the labels of that options set instead of the golden variants.",
     )
@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 "transform labels changed: a running Dataflow job cannot be updated to this graph without "
                 "--transform_name_mapping (docs/updating-jobs.md). If the change is deliberate: "
-                "python -m pipelines.labels --update",
+                "python -m pipelines.release.labels --update",
                 file=sys.stderr,
             )
             return 1
