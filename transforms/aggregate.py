@@ -302,11 +302,15 @@ class _FormatRowDoFn(beam.DoFn):
 
     def process(
         self,
-        element: tuple[GroupKey, AggregateResult],
+        element: tuple[GroupKey | PaneKey, AggregateResult],
         window=beam.DoFn.WindowParam,
         pane=beam.DoFn.PaneInfoParam,
     ) -> Iterator[dict[str, Any]]:
-        row = self.row(element[0], element[1], window, pane)
+        group, result = element
+        if len(group) == 4:  # bounded input, fixed or sliding windows: the window is part of the key
+            start_us, end_us, event_type, key = group
+            window, group = IntervalWindow(Timestamp(micros=start_us), Timestamp(micros=end_us)), (event_type, key)
+        row = self.row(group, result, window, pane)
         if row is not None:
             yield row
 
