@@ -57,7 +57,7 @@ fuzz: $(STAMP)  ## Long fuzz of parse/validate: FUZZ_INPUTS seeded inputs, then 
 	@$(PY) -m tests.fuzz.atheris_target -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=65536 \
 		-artifact_prefix=.cache/fuzz/crashes/ .cache/fuzz/corpus
 
-services-up: $(STAMP)  ## Start the local services (Kafka, Flink session cluster, Pub/Sub, BigQuery emulators) in the background
+services-up: $(STAMP)  ## Start the local services (Kafka, Flink session cluster, Pub/Sub, BigQuery emulators, Prometheus) in the background
 	@$(PY) -m services up
 
 services-down: $(STAMP)  ## Stop the local services

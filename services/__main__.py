@@ -1,8 +1,8 @@
 """python -m services up|down|status|env|install [NAME ...]
 
 up      install what is missing, start the services in the background on fixed ports
-        (Kafka 19092/19093, Flink 18081 REST + 16123 RPC, Pub/Sub 18085, BigQuery 19050 REST + 19060 gRPC)
-        and record them
+        (Kafka 19092/19093, Flink 18081 REST + 16123 RPC + 19249/19250 metrics, Pub/Sub 18085,
+        BigQuery 19050 REST + 19060 gRPC, Prometheus 19090) and record them
         in .cache/services/state.json; prints addresses and the variables to export
 down    stop what `up` started (whole process groups) and remove their work dirs
 status  show what runs and whether a real client can use it
@@ -77,7 +77,7 @@ def cmd_up(classes: Sequence[type[LocalService]], dynamic_ports: bool) -> int:
     try:
         for cls in to_start:
             ports = None if dynamic_ports else cls.fixed_ports
-            service = cls(ports=ports, die_with_parent=False)
+            service = cls(ports=ports, die_with_parent=False, **cls.options_beside([*running, *started]))
             started.append(service.start())
         # Waited for side by side, so each reported time is that server's own start-up time.
         with ThreadPoolExecutor(max_workers=len(started) or 1) as pool:

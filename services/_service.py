@@ -16,7 +16,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -129,6 +129,12 @@ class LocalService(abc.ABC):
 
     def options(self) -> dict[str, Any]:
         """Extra constructor arguments to keep in the state file (JSON-serialisable)."""
+        return {}
+
+    @classmethod
+    def options_beside(cls, others: Sequence[LocalService]) -> dict[str, Any]:
+        """Constructor arguments `services up` passes when ``others`` run already or start together (e.g. which
+        cluster to scrape); most services need none."""
         return {}
 
     # ---- life cycle ------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import yaml
 
 from pipelines.local_run.jars import JAVA_17_EXPORTS, JAVA_17_OPENS
 from services import cache
-from services._process import LOCALHOST, port_open
+from services._process import LOCALHOST, ServiceError, port_open
 from services._service import LocalService
 
 if TYPE_CHECKING:
@@ -98,6 +98,15 @@ env.java.opts.all: {java_opts}
 classloader.check-leaked-classloader: false
 """
 
+# Flink's Prometheus reporter (plugins/metrics-prometheus of the distribution) serves /metrics over HTTP. Every process
+# reads this file: each takes the first of the two ports that is still free, so one serves the JobManager's metrics and
+# the other the (first) TaskManager's; a second TaskManager finds none free and reports no metrics (docs/operations.md,
+# "Metrics on Flink").
+_PROMETHEUS_REPORTER = """\
+metrics.reporter.prom.factory.class: org.apache.flink.metrics.prometheus.PrometheusReporterFactory
+metrics.reporter.prom.port: {prometheus_1},{prometheus_2}
+"""
+
 # Exits (and takes the others with it) as soon as any Flink process ends. taskmanager.sh numbers each TaskManager's
 # log file (…-taskexecutor-0-…, -1-, ...).
 _SUPERVISOR = """\
@@ -112,8 +121,9 @@ class FlinkCluster(LocalService):
     """A Flink session cluster on 127.0.0.1; ``flink_master`` is the value for Beam's ``--flink_master``."""
 
     name: ClassVar[str] = "flink"
-    port_names: ClassVar[tuple[str, ...]] = ("rest", "rpc")
-    fixed_ports: ClassVar[dict[str, int]] = {"rest": 18081, "rpc": 16123}
+    # prometheus_1/_2: the metrics reporter's two ports (see _PROMETHEUS_REPORTER).
+    port_names: ClassVar[tuple[str, ...]] = ("rest", "rpc", "prometheus_1", "prometheus_2")
+    fixed_ports: ClassVar[dict[str, int]] = {"rest": 18081, "rpc": 16123, "prometheus_1": 19249, "prometheus_2": 19250}
     startup_timeout: ClassVar[float] = 120.0
     stop_grace: ClassVar[float] = 20.0
 
@@ -174,6 +184,7 @@ class FlinkCluster(LocalService):
                 taskmanager_memory=memory,
                 java_opts=_java_17_opts(),
             )
+            + _PROMETHEUS_REPORTER.format(**self._ports)
         )
         # The foreground scripts log through log4j-console.properties: to stdout, i.e. this service's log file.
         shutil.copy(cache.FLINK_HOME / "conf" / "log4j-console.properties", conf)
@@ -242,6 +253,14 @@ class FlinkCluster(LocalService):
                 with urllib.request.urlopen(request, timeout=10):
                     cancelled.append(job["id"])
         return cancelled
+
+    @property
+    def metrics_targets(self) -> list[str]:
+        """Where Prometheus scrapes the JobManager's and the TaskManager's metrics (``host:port`` each)."""
+        names = ("prometheus_1", "prometheus_2")
+        if not all(name in self._ports for name in names):
+            raise ServiceError(f"[{self.name}] this cluster runs without the Prometheus reporter: restart it")
+        return [f"{LOCALHOST}:{self._ports[name]}" for name in names]
 
     def addresses(self) -> dict[str, str]:
         return {"rest": self.rest_url, "flink_master": self.flink_master, "rpc": f"{LOCALHOST}:{self._ports['rpc']}"}

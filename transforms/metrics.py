@@ -85,9 +85,10 @@ class LatencyBuckets:
         self._counters = [counter(latency_bucket(name, bound)) for bound in (*self._bounds, None)]
 
     def update(self, value_ms: int) -> None:
+        # Every bucket is reported, 0 if no sample fitted yet: Prometheus' rate() ignores a series' first value, so a
+        # bucket whose series appeared later than the others would lose its first samples and skew the quantiles.
         for bound, bucket in zip(self._bounds, self._counters, strict=False):
-            if value_ms <= bound:
-                bucket.inc()
+            bucket.inc(1 if value_ms <= bound else 0)
         self._counters[-1].inc()
 
 

@@ -1,4 +1,5 @@
-"""Session fixtures with real local services: Kafka, Flink, Pub/Sub (pstest) and BigQuery (local-bigquery), and the
+"""Session fixtures with real local services: Kafka, Flink, Pub/Sub (pstest), BigQuery (local-bigquery) and Prometheus
+(scraping the Flink cluster), and the
 BigQuery datasets and file-sink reference runs that several test modules compare against.
 
 Each fixture reuses a server that `python -m services up` left running (if the state file lists it
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 
-from services import BigQueryEmulator, FlinkCluster, KafkaBroker, LocalService, PubSubEmulator
+from services import BigQueryEmulator, FlinkCluster, KafkaBroker, LocalService, PrometheusServer, PubSubEmulator
 
 if TYPE_CHECKING:
     from pipelines.summary import RunSummary
@@ -69,6 +70,18 @@ def flink_cluster() -> Iterator[FlinkCluster]:
         before = {job["id"] for job in cluster.jobs()}
         yield cluster
         cluster.cancel_running_jobs(keep=before)
+
+
+@pytest.fixture(scope="session")
+def prometheus(flink_cluster: FlinkCluster) -> Iterator[PrometheusServer]:
+    """A healthy Prometheus scraping ``flink_cluster``'s JobManager and TaskManager, with the alert rules of this
+    working tree (monitoring/prometheus/alerts.yml); ``.query(promql)``, ``.alerts()``, ``.url``.
+
+    Always a private one, never the server `services up` left running: that one loaded the rule file as it was when
+    it started. Prometheus starts in about a second.
+    """
+    with PrometheusServer.for_cluster(flink_cluster) as server:
+        yield server
 
 
 @pytest.fixture
