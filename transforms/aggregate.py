@@ -15,9 +15,9 @@ from fractions import Fraction
 from typing import Any, NamedTuple
 
 import apache_beam as beam
-from apache_beam.coders import VarIntCoder
+from apache_beam.coders import FastPrimitivesCoder, TupleCoder, VarIntCoder
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindows, IntervalWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
@@ -327,16 +327,44 @@ def _with_its_pane(
     return (window.start.micros, window.end.micros, event_type, key), (tuple(result), pane_info)
 
 
+PaneRecord = tuple[PaneKey, tuple]  # ((start_us, end_us, event_type, key), (result, pane_info)), as _with_its_pane
+
+
+def new_panes(counts: dict[int, int], panes: Sequence[PaneRecord]) -> tuple[list[PaneRecord], list[PaneRecord]]:
+    """Of ``panes`` (one window and group), those to emit and those to hold back; ``counts``: the event count of every
+    pane index seen so far, these included.
+
+    A LATE pane whose count equals its predecessor's (index - 1) repeats it: no event arrived in between, and it is
+    dropped. Its predecessor may not have arrived yet (Prism hands a window's closing LATE pane to the next step
+    before its ON_TIME pane, seen), so such a LATE pane waits for it. Every other pane is emitted."""
+    emit: list[PaneRecord] = []
+    wait: list[PaneRecord] = []
+    for pane in panes:
+        _, (result, pane_info) = pane
+        timing, index = pane_info[2], pane_info[3]
+        if timing != PaneInfoTiming.LATE or index == 0:
+            # A LATE first pane is a window that only late data made (a session it grew or merged): all new.
+            emit.append(pane)
+        elif index - 1 not in counts:
+            wait.append(pane)
+        elif counts[index - 1] != result[0]:
+            emit.append(pane)
+    return emit, wait
+
+
 class _FormatNewPanesDoFn(_FormatRowDoFn):
-    """Unbounded input: a LATE pane whose window and group got no event since the pane before is dropped.
+    """Unbounded input: a LATE pane whose window and group got no event since the pane before is dropped
+    (``new_panes``).
 
     In accumulating mode such a pane repeats the previous one. Runners emit one when a window expires although no
     late data arrived: Prism always does (it ignores the windowing strategy's closing behaviour), and Beam Python
-    asks every runner for ``EMIT_ALWAYS``. The count of the last pane emitted is kept per window and group (in the
-    global window, which never merges, whatever the windows), until the window expires.
+    asks every runner for ``EMIT_ALWAYS``. The count of every pane is kept per window and group (in the global window,
+    which never merges, whatever the windows), and a LATE pane that came before its predecessor waits for it, until
+    the window expires: then it is emitted (a pane is never lost for want of its predecessor).
     """
 
-    EMITTED = ReadModifyWriteStateSpec("emitted_count", VarIntCoder())
+    COUNTS = BagStateSpec("pane_counts", TupleCoder((VarIntCoder(), VarIntCoder())))
+    WAITING = BagStateSpec("waiting_panes", FastPrimitivesCoder())
     EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
 
     def __init__(self, lateness_us: int) -> None:
@@ -345,26 +373,41 @@ class _FormatNewPanesDoFn(_FormatRowDoFn):
 
     def process(
         self,
-        element: tuple[PaneKey, tuple],
-        emitted=beam.DoFn.StateParam(EMITTED),
+        element: PaneRecord,
+        counts=beam.DoFn.StateParam(COUNTS),
+        waiting=beam.DoFn.StateParam(WAITING),
         expiry=beam.DoFn.TimerParam(EXPIRY),
     ) -> Iterator[dict[str, Any]]:
-        (start_us, end_us, event_type, key), (result, pane_info) = element
-        result = AggregateResult(*result)
-        pane = PaneInfo(*pane_info)
-        if pane.timing == PaneInfoTiming.LATE and emitted.read() == result.event_count:
-            return
-        window = IntervalWindow(Timestamp(micros=start_us), Timestamp(micros=end_us))
-        row = self.row((event_type, key), result, window, pane)
-        if row is None:
-            return
-        emitted.write(result.event_count)
+        (_, end_us, _, _), (result, pane_info) = element
+        counts.add((pane_info[3], result[0]))
+        held = list(waiting.read())
+        if pane_info[2] == PaneInfoTiming.LATE or held:
+            emit, wait = new_panes(dict(counts.read()), [*held, element])
+            if held:
+                waiting.clear()
+            for pane in wait:
+                waiting.add(pane)
+        else:
+            emit = [element]
         expiry.set(Timestamp(micros=end_us + self._lateness_us))
-        yield row
+        for pane in emit:
+            yield from self._rows_of([pane])
 
     @on_timer(EXPIRY)
-    def expire(self, emitted=beam.DoFn.StateParam(EMITTED)) -> None:
-        emitted.clear()
+    def expire(
+        self, counts=beam.DoFn.StateParam(COUNTS), waiting=beam.DoFn.StateParam(WAITING)
+    ) -> Iterator[dict[str, Any]]:
+        held = list(waiting.read())
+        counts.clear()
+        waiting.clear()
+        yield from self._rows_of(held)
+
+    def _rows_of(self, panes: Iterable[PaneRecord]) -> Iterator[dict[str, Any]]:
+        for (start_us, end_us, event_type, key), (result, pane_info) in panes:
+            window = IntervalWindow(Timestamp(micros=start_us), Timestamp(micros=end_us))
+            row = self.row((event_type, key), AggregateResult(*result), window, PaneInfo(*pane_info))
+            if row is not None:
+                yield row
 
 
 class WindowedAggregates(beam.PTransform):

@@ -24,7 +24,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import schemas
-from transforms.aggregate import Accumulator, MergeAggregatesFn, WindowedAggregates, aggregate_row, exact_partials
+from transforms.aggregate import (
+    Accumulator,
+    MergeAggregatesFn,
+    WindowedAggregates,
+    aggregate_row,
+    exact_partials,
+    new_panes,
+)
 from transforms.records import Row, RowBatch
 from transforms.sketch import DistinctSketch
 from transforms.timefmt import parse_rfc3339_us
@@ -337,3 +344,44 @@ def test_latency_buckets_are_cumulative():
     }
     assert found["t_ms_le_100"] == 2 and found["t_ms_le_250"] == 3 and found["t_ms_le_3000"] == 4
     assert found["t_ms_le_inf"] == 5 and found.get(f"t_ms_le_{metrics.LATENCY_BUCKETS_MS[-1]}") == 4
+
+
+def _pane(timing: int, index: int, count: int) -> tuple:
+    """A pane of one window and group as the streaming ToRow step receives it (only the count matters here)."""
+    return (0, 60_000_000, "click", "/a"), ((count,), (index == 0, False, timing, index, -1))
+
+
+EARLY, ON_TIME, LATE = PaneInfoTiming.EARLY, PaneInfoTiming.ON_TIME, PaneInfoTiming.LATE
+
+
+def test_a_late_pane_that_repeats_its_predecessor_is_dropped():
+    on_time, closing = _pane(ON_TIME, 1, 4), _pane(LATE, 2, 4)
+    assert new_panes({0: 2, 1: 4, 2: 4}, [closing]) == ([], [])
+    # late data arrived: the count grew
+    grown = _pane(LATE, 2, 5)
+    assert new_panes({0: 2, 1: 4, 2: 5}, [grown]) == ([grown], [])
+    # early and on-time panes are never held back, whatever their counts
+    assert new_panes({0: 4, 1: 4}, [on_time]) == ([on_time], [])
+
+
+def test_a_late_pane_that_comes_before_its_predecessor_waits_for_it():
+    # Prism: the closing LATE pane (index 2) reached the step before the ON_TIME pane (index 1).
+    closing, on_time = _pane(LATE, 2, 4), _pane(ON_TIME, 1, 4)
+    assert new_panes({0: 2, 2: 4}, [closing]) == ([], [closing])
+    # the ON_TIME pane arrives: it is emitted, and the waiting LATE pane turns out to repeat it
+    assert new_panes({0: 2, 1: 4, 2: 4}, [closing, on_time]) == ([on_time], [])
+    # had late data arrived in between, the waiting pane is emitted with it
+    late = _pane(LATE, 2, 6)
+    assert new_panes({0: 2, 1: 4, 2: 6}, [late, on_time]) == ([late, on_time], [])
+
+
+def test_late_panes_in_a_row_are_each_compared_with_their_own_predecessor():
+    second, third = _pane(LATE, 3, 7), _pane(LATE, 4, 7)
+    counts = {0: 2, 1: 4, 2: 5, 3: 7, 4: 7}
+    assert new_panes(counts, [third, second]) == ([second], [])
+
+
+def test_a_late_first_pane_is_emitted_at_once():
+    # a session window that late data grew or merged: its first pane is LATE, and it has no predecessor
+    grown = _pane(LATE, 0, 3)
+    assert new_panes({0: 3}, [grown]) == ([grown], [])
