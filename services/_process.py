@@ -11,6 +11,7 @@ import ctypes
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -165,6 +166,16 @@ def spawn(
 ) -> subprocess.Popen[bytes]:
     """Start a long-running process in a new session, its output going to log_path."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    preexec_fn = None
+    if die_with_parent:
+        # util-linux's setpriv sets the death signal and execs the command: no Python code runs in the forked child.
+        # A preexec_fn does, and in a process with gRPC threads (a test run after a Beam job) the child crashed in
+        # threading's after-fork hook (seen: "Fatal Python error: Segmentation fault" starting a Flink cluster).
+        setpriv = shutil.which("setpriv")
+        if setpriv is not None:
+            command = [setpriv, "--pdeathsig", "TERM", "--", *command]
+        else:
+            preexec_fn = _die_with_parent
     with log_path.open("ab") as log:
         log.write(f"\n$ {shlex.join(command)}\n".encode())
         log.flush()
@@ -176,7 +187,7 @@ def spawn(
             env=dict(env) if env is not None else None,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent if die_with_parent else None,
+            preexec_fn=preexec_fn,
         )
 
 
