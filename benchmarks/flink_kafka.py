@@ -179,7 +179,10 @@ def create_topic(bootstrap: str, partitions: int = 1) -> str:
 
     name = f"bench-{uuid.uuid4().hex[:8]}"
     topic = NewTopic(name, partitions, 1, config={"max.message.bytes": str(_TOPIC_MAX_MESSAGE_BYTES)})
-    AdminClient({"bootstrap.servers": bootstrap}).create_topics([topic])[name].result(timeout=30)
+    # The client must outlive the result: a temporary one is freed at once and fails the request ("Broker handle
+    # destroyed for termination").
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([topic])[name].result(timeout=30)
     return name
 
 
