@@ -43,7 +43,7 @@ class _SteadyProducer(threading.Thread):
 
         self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
         self._topic, self._rate = topic, rate
-        self._stop = threading.Event()
+        self._stopping = threading.Event()  # not _stop: Thread has a method of that name
         self.sent = 0
         self.errors: list[str] = []
 
@@ -58,12 +58,12 @@ class _SteadyProducer(threading.Thread):
         spec = parse_synthetic_uri(f"synthetic://?rate={self._rate}&seed=303&{_REALISTIC}")
         started_us = now_us()
         block = 0
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             # Arrival (and event) times from the wall clock: a block of BLOCK records every BLOCK/rate seconds.
             anchor = started_us + int(block * BLOCK * 1_000_000 / self._rate)
             for _, arrival_us, payload in generate_block(spec, block, anchor_us=anchor):
                 delay = (arrival_us - now_us()) / 1_000_000
-                if delay > 0 and self._stop.wait(delay):
+                if delay > 0 and self._stopping.wait(delay):
                     break
                 self._producer.produce(self._topic, value=payload, on_delivery=self._delivered)
                 self._producer.poll(0)
@@ -72,7 +72,7 @@ class _SteadyProducer(threading.Thread):
         self._producer.flush(60)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
         self.join(timeout=120)
 
 
