@@ -110,7 +110,8 @@ def _soak(source: str) -> dict[str, Any]:
     flat = {True: "FLAT", False: "NOT FLAT", None: "not judged"}[result["flat"]]
     summary = (
         f"soak: {result['minutes']} min at 200/s from {source}, job {result['job_state_at_end']}, "
-        f"{result['restarts']} restarts; {flat} after 5 min: TaskManager heap (5-min minimum) {span('heap_min_mb')}, "
+        f"{result['restarts']} restarts; {flat} after 5 min: TaskManager live heap (after a full GC, sampled every "
+        f"minute) {span('heap_live_mb')}, heap 5-min minimum {span('heap_min_mb')}, "
         f"direct {span('direct_max_mb')}, Python worker RSS {span('python_rss_max_mb')}, Java worker RSS "
         f"{span('java_worker_rss_max_mb')}"
     )

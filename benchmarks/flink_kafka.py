@@ -201,9 +201,11 @@ def produce_backlog(bootstrap: str, topic: str, count: int, partitions: int = 1,
 @contextlib.contextmanager
 def _services(
     bootstrap: str | None, flink_master: str | None, taskmanagers: int = 1, flink: bool = True
-) -> Iterator[tuple[str, str | None]]:
-    """The given addresses, or a private broker and cluster started (and stopped) here."""
+) -> Iterator[tuple[str, str | None, int | None]]:
+    """The given addresses, or a private broker and cluster started (and stopped) here; the cluster's process (its
+    supervisor) when started here, for the monitor."""
     with contextlib.ExitStack() as stack:
+        root_pid = None
         if bootstrap is None:
             from services import KafkaBroker
 
@@ -213,7 +215,8 @@ def _services(
 
             cluster = FlinkCluster(taskmanagers=taskmanagers, slots=1 if taskmanagers > 1 else 2)
             flink_master = stack.enter_context(cluster).flink_master
-        yield bootstrap, flink_master
+            root_pid = cluster.pid
+        yield bootstrap, flink_master, root_pid
 
 
 def _wait(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
@@ -321,7 +324,7 @@ def run_catch_up(
     partitions = partitions or parallelism
     flink = runner == "flink"
     with (
-        _services(bootstrap, flink_master, taskmanagers, flink=flink) as (bootstrap, flink_master),
+        _services(bootstrap, flink_master, taskmanagers, flink=flink) as (bootstrap, flink_master, root_pid),
         tempfile.TemporaryDirectory() as tmp,
     ):
         topic = create_topic(bootstrap, partitions)
@@ -344,7 +347,7 @@ def run_catch_up(
         def rows() -> list[dict[str, Any]]:
             return read_rows(str(out / "agg"))[1]
 
-        monitor = ClusterMonitor(f"http://{flink_master}") if flink else contextlib.nullcontext()
+        monitor = ClusterMonitor(f"http://{flink_master}", root_pid=root_pid) if flink else contextlib.nullcontext()
         submitted_us = now_us()
         with monitor, _job(argv):
             first_row_us, done_us = _wait(
@@ -401,7 +404,7 @@ def run_latency(
 ) -> dict[str, Any]:
     """Steady load on a running job (see the module doc); returns p50/p99 latency and whether the job kept up."""
     with (
-        _services(bootstrap, flink_master) as (bootstrap, flink_master),
+        _services(bootstrap, flink_master) as (bootstrap, flink_master, _),
         tempfile.TemporaryDirectory() as tmp,
     ):
         topic = create_topic(bootstrap)

@@ -8,6 +8,8 @@ processes on this machine below a TaskManager process, so the cluster must run h
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import threading
 import time
 import urllib.request
@@ -41,14 +43,40 @@ def task_manager_memory(rest_url: str) -> list[dict[str, float]]:
     return result
 
 
-def task_manager_processes() -> list[psutil.Process]:
-    """The TaskManager JVMs running on this machine."""
+def task_manager_processes(root_pid: int | None = None) -> list[psutil.Process]:
+    """The TaskManager JVMs below ``root_pid`` (a cluster's supervisor), or all on this machine when None: other
+    clusters (a test suite's, another benchmark's) must not count in a cluster's figures."""
+    if root_pid is None:
+        candidates = list(psutil.process_iter(["cmdline"]))
+    else:
+        try:
+            candidates = psutil.Process(root_pid).children(recursive=True)
+        except psutil.Error:
+            return []
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"] or []
+    for proc in candidates:
+        try:
+            cmdline = proc.cmdline()
+        except psutil.Error:
+            continue
         if any(arg.endswith("TaskManagerRunner") for arg in cmdline):
             found.append(proc)
     return found
+
+
+_HEAP_USED = re.compile(r"heap\s+total \d+K, used (\d+)K")
+
+
+def live_heap_mb(pid: int) -> float | None:
+    """The heap a JVM still uses after a full collection (``jcmd GC.run``, then ``GC.heap_info``): its live set. The
+    heap used between collections says little: G1 leaves old garbage until the heap fills to 45 %."""
+    try:
+        subprocess.run(["jcmd", str(pid), "GC.run"], capture_output=True, timeout=60, check=True)
+        info = subprocess.run(["jcmd", str(pid), "GC.heap_info"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = _HEAP_USED.search(info)
+    return int(found.group(1)) / 1024 if found else None
 
 
 def worker_rss(task_managers: list[psutil.Process]) -> dict[str, list[int]]:
@@ -79,6 +107,7 @@ class Sample:
     python_rss_mb: float  # summed over Python workers
     java_worker_rss_mb: float
     python_workers: int
+    heap_live_mb: float | None = None  # after a full collection (``gc_every``), summed over TaskManagers
 
 
 @dataclass
@@ -87,6 +116,8 @@ class ClusterMonitor:
 
     rest_url: str
     interval: float = 2.0
+    root_pid: int | None = None  # the cluster's supervisor: only its TaskManagers and workers count
+    gc_every: float | None = None  # seconds between live-heap samples (a full GC each); None: none
     samples: list[Sample] = field(default_factory=list)
     heap_max_mb: float = 0.0
     direct_max_mb: float = 0.0
@@ -96,6 +127,7 @@ class ClusterMonitor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._started = time.monotonic()
+        self._next_gc = self._started + (self.gc_every or 0)
 
     def __enter__(self) -> ClusterMonitor:
         self._thread.start()
@@ -116,7 +148,13 @@ class ClusterMonitor:
         except OSError:
             self.errors += 1
             return
-        rss = worker_rss(task_manager_processes())
+        task_managers = task_manager_processes(self.root_pid)
+        rss = worker_rss(task_managers)
+        live = None
+        if self.gc_every and time.monotonic() >= self._next_gc and task_managers:
+            self._next_gc = time.monotonic() + self.gc_every
+            heaps = [live_heap_mb(tm.pid) for tm in task_managers]
+            live = sum(heaps) if None not in heaps else None
         self.heap_max_mb = sum(tm.get(HEAP_MAX, 0.0) for tm in memory) / _MB
         self.direct_max_mb = sum(tm.get(DIRECT_MAX, 0.0) for tm in memory) / _MB
         self.samples.append(
@@ -127,6 +165,7 @@ class ClusterMonitor:
                 python_rss_mb=sum(rss["python"]) / _MB,
                 java_worker_rss_mb=sum(rss["java"]) / _MB,
                 python_workers=len(rss["python"]),
+                heap_live_mb=live,
             )
         )
 
