@@ -11,7 +11,6 @@ import base64
 import gc
 import json
 import time
-import uuid
 from collections import Counter
 
 import pytest
@@ -20,40 +19,14 @@ from pipelines.graph import build_pipeline, new_pipeline
 from pipelines.spec import resolve
 from pipelines.summary import read_rows
 from tests.integration.event_mix import MINUTE_US, as_json, event_fields, expected_finals, mix, recent_window
+from tests.integration.pubsub_jobs import create_names, pull_all
 from tests.integration.results import final_counts
 from transforms.timefmt import format_rfc3339_us, now_us
-
-PROJECT = "local-project"
 
 
 @pytest.fixture
 def topics(pubsub_emulator, monkeypatch):
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
-    publisher, subscriber = pubsub_emulator.publisher(), pubsub_emulator.subscriber()
-    suffix = uuid.uuid4().hex[:8]
-    names = {
-        "events": f"projects/{PROJECT}/topics/events-{suffix}",
-        "events_sub": f"projects/{PROJECT}/subscriptions/events-{suffix}",
-        "dlq": f"projects/{PROJECT}/topics/dlq-{suffix}",
-        "dlq_sub": f"projects/{PROJECT}/subscriptions/dlq-{suffix}",
-    }
-    publisher.create_topic(name=names["events"])
-    publisher.create_topic(name=names["dlq"])
-    subscriber.create_subscription(name=names["events_sub"], topic=names["events"])
-    subscriber.create_subscription(name=names["dlq_sub"], topic=names["dlq"])
-    return publisher, subscriber, names
-
-
-def _pull_all(subscriber, subscription: str, expected: int, deadline: float) -> list:
-    received = []
-    while len(received) < expected and time.monotonic() < deadline:
-        response = subscriber.pull(subscription=subscription, max_messages=100, timeout=5)
-        if response.received_messages:
-            received.extend(m.message for m in response.received_messages)
-            subscriber.acknowledge(subscription=subscription, ack_ids=[m.ack_id for m in response.received_messages])
-        else:
-            time.sleep(0.5)
-    return received
+    return create_names(pubsub_emulator, monkeypatch, prefix="events")
 
 
 def _wait_for_temporary_subscription(publisher, topic: str, known: str, deadline: float) -> None:
@@ -89,7 +62,7 @@ def test_pubsub_stream_gives_exact_aggregates_and_every_dead_letter(topics, tmp_
         for payload in [*valid, valid[0], *bad]:  # valid[0] again: a redelivery, dropped as a duplicate
             publisher.publish(names["events"], payload, origin="test").result(timeout=30)
         deadline = time.monotonic() + 90
-        dead = _pull_all(subscriber, names["dlq_sub"], len(bad), deadline)
+        dead = pull_all(subscriber, names["dlq_sub"], len(bad), deadline)
         expected = expected_finals(window_a)
         finals = {}
         while time.monotonic() < deadline:

@@ -15,9 +15,9 @@ import pytest
 from pipelines.graph import build_pipeline, new_pipeline
 from pipelines.spec import resolve
 from tests.integration.event_mix import MINUTE_US, as_json, event_fields, recent_window
+from tests.integration.pubsub_jobs import PROJECT
 from tests.integration.results import wait_for_bigquery
 from tests.integration.test_bigquery_sink import METHODS, endpoint_args
-from tests.integration.test_pubsub_e2e import PROJECT
 from transforms.timefmt import format_rfc3339_us
 
 
