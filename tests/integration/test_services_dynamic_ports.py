@@ -1,6 +1,6 @@
 """`python -m services up --dynamic-ports` starts every service on ports picked together and distinct (issue 12,
 point 5: Kafka sometimes got one port for both of its listeners and refused to start), `status` finds them healthy
-and `down` stops them.
+and `down` stops them. Prometheus scrapes the Flink cluster's two metrics listeners, which get ports of their own too.
 
 The command runs with a private state directory: a cache directory whose entries link to this checkout's cache
 (nothing is installed twice), so servers a developer keeps running with `services up` are neither reused nor stopped.
@@ -46,13 +46,15 @@ def test_services_up_with_dynamic_ports_gives_every_listener_its_own_port(tmp_pa
         lines = [line for line in up.stdout.splitlines() if " pid " in line]
         # A service's line may name a port twice (Flink: rest=http://HOST:PORT, flink_master=HOST:PORT).
         ports = {line.split()[0]: sorted({int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", line)}) for line in lines}
-        assert set(ports) == {"kafka", "flink", "pubsub", "bigquery"}, up.stdout
+        assert set(ports) == {"kafka", "flink", "pubsub", "bigquery", "prometheus"}, up.stdout
+        # Prometheus's line also names the two Flink metrics listeners it scrapes (Flink's own line does not).
         every = [port for service in ports.values() for port in service]
         assert len(every) == len(set(every)), ports  # within and across services
-        assert [len(ports[name]) for name in ("kafka", "flink", "pubsub", "bigquery")] == [2, 2, 1, 2], ports
-        assert all(port_open(port) for port in (ports["kafka"][0], ports["flink"][0]))
+        counts = [len(ports[name]) for name in ("kafka", "flink", "pubsub", "bigquery", "prometheus")]
+        assert counts == [2, 2, 1, 2, 3], ports
+        assert all(port_open(port) for port in (ports["kafka"][0], ports["flink"][0], *ports["prometheus"]))
         status = _services(cache, "status", timeout=120)
-        assert status.returncode == 0 and status.stdout.count("healthy") == 4, status.stdout + status.stderr
+        assert status.returncode == 0 and status.stdout.count("healthy") == 5, status.stdout + status.stderr
     finally:
         down = _services(cache, "down", timeout=180)
     assert down.returncode == 0, down.stdout + down.stderr
