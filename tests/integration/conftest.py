@@ -72,6 +72,20 @@ def flink_cluster() -> Iterator[FlinkCluster]:
         cluster.cancel_running_jobs(keep=before)
 
 
+@pytest.fixture(autouse=True)
+def _flink_jobs_of_the_test_cancelled(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test on the shared session cluster, the jobs it started and left running are cancelled through
+    Flink's REST API: Beam's ``result.cancel()`` stops the job's invocation in the job server, not the job on the
+    cluster, and a job left running keeps its task slot, so the next test's job waits for one and fails."""
+    if "flink_cluster" not in request.fixturenames:
+        yield
+        return
+    cluster: FlinkCluster = request.getfixturevalue("flink_cluster")
+    before = {job["id"] for job in cluster.jobs()}
+    yield
+    cluster.cancel_running_jobs(keep=before)
+
+
 @pytest.fixture(scope="session")
 def prometheus(flink_cluster: FlinkCluster) -> Iterator[PrometheusServer]:
     """A healthy Prometheus scraping ``flink_cluster``'s JobManager and TaskManager, with the alert rules of this
