@@ -32,7 +32,8 @@ _FINAL_PANE = PaneInfo(True, True, PaneInfoTiming.ON_TIME, 0, 0)
 
 
 def run_plain_loop(path: str, out_dir: str, config: AnalyticsConfig | None = None) -> dict[str, int]:
-    """Runs the job on ``path``; writes ``aggregates.jsonl`` and ``dead_letter.jsonl`` to ``out_dir``; counters."""
+    """Runs the job on ``path``; writes ``aggregates-plain.jsonl`` and ``dead_letter-plain.jsonl`` to ``out_dir``
+    (named as the file sink names its shards, so ``read_rows(f"{out_dir}/aggregates")`` reads them); counters."""
     batches = ((path, lines) for lines in read_line_range(path, 0, os.path.getsize(path)))
     return run_plain_loop_on(batches, out_dir, config)
 
@@ -52,7 +53,7 @@ def run_plain_loop_on(
     first_seen: dict[str, int] = {}
     partials = bundle_partials(window_fn)
     held: list = []
-    with open(Path(out_dir) / "dead_letter.jsonl", "wb") as dead:
+    with open(Path(out_dir) / "dead_letter-plain.jsonl", "wb") as dead:
         for source, lines in batches:
             batch = RecordBatch(source, lines)
             parsed, rejected = parser.parse(batch)
@@ -79,7 +80,7 @@ def run_plain_loop_on(
                 finals[(window, group)] = held = Accumulator()
             held.merge(acc)
     output = MergeAggregatesFn().extract_output
-    with open(Path(out_dir) / "aggregates.jsonl", "wb") as out:
+    with open(Path(out_dir) / "aggregates-plain.jsonl", "wb") as out:
         out.write(
             b"".join(
                 orjson.dumps(aggregate_row(group, output(acc), window, _FINAL_PANE, now_us())) + b"\n"
