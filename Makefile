@@ -30,9 +30,14 @@ install: $(STAMP)  ## Create the venv and install the project with test extras
 run: $(STAMP)  ## Run the main job on its embedded default (no cloud, no flags) and print a summary
 	@$(PY) -m pipelines.streaming_analytics $(ARGS)
 
+# The unit and streaming tests run on both cores (pytest-xdist); the integration tests one at a time, since they share
+# the session's services and each Flink or Kafka test wants both cores. Both parts run even when the first fails.
 test: $(STAMP)  ## Install everything and run the whole test suite (lint, unit, streaming, integration)
 	@$(PY) -m ruff check .
-	@$(PY) -m pytest $(PYTEST_ARGS)
+	@status=0; \
+	$(PY) -m pytest -n 2 tests/unit tests/streaming $(PYTEST_ARGS) || status=$$?; \
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS) || status=$$?; \
+	exit $$status
 
 lint: $(STAMP)  ## ruff
 	@$(PY) -m ruff check .

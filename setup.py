@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
 TEST_REQUIRES = [
     "pytest==9.2.0",
     "pytest-timeout==2.4.0",
+    "pytest-xdist==3.8.0",  # make test runs the unit and streaming tests on both cores
     "hypothesis==6.170.17",
     "ruff==0.17.6",
     "psutil==7.2.2",
