@@ -18,7 +18,7 @@
 package org.apache.beam.runners.fnexecution.control;
 
 // PATCHED copy of Beam Java 2.62.0's BundleCheckpointHandlers (beam-runners-java-fn-execution), compiled into this
-// project's Flink job server jar by pipelines/jars.py (FLINK_JAVA), where it takes the place of the original class.
+// project's Flink job server jar by pipelines/local_run/jars.py (FLINK_JAVA), where it takes the place of the original class.
 // It goes with the patched ExecutableStageDoFnOperator and FlinkExecutableStageFunction next to it, which read the
 // residuals back through takeResidual. Upstream: apache/beam#27648. Two changes, marked "PATCH":
 //  1. Every residual of a self-checkpointing splittable DoFn is kept in ONE map state per key and window (entry =

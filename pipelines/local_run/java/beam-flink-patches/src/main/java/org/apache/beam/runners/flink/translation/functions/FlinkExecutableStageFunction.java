@@ -18,7 +18,7 @@
 package org.apache.beam.runners.flink.translation.functions;
 
 // PATCHED copy of Beam Java 2.62.0's FlinkExecutableStageFunction (beam-runners-flink-1.19), compiled into this
-// project's Flink job server jar by pipelines/jars.py (FLINK_JAVA). One change, marked "PATCH": batch jobs read an
+// project's Flink job server jar by pipelines/local_run/jars.py (FLINK_JAVA). One change, marked "PATCH": batch jobs read an
 // SDF residual back from the residual map of the patched BundleCheckpointHandlers.
 
 import java.io.IOException;

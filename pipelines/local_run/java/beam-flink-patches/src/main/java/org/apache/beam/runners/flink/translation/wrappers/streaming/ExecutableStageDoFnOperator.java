@@ -18,7 +18,7 @@
 package org.apache.beam.runners.flink.translation.wrappers.streaming;
 
 // PATCHED copy of Beam Java 2.62.0's ExecutableStageDoFnOperator (beam-runners-flink-1.19), compiled into this
-// project's Flink job server jar by pipelines/jars.py (FLINK_JAVA). Two changes, marked "PATCH" (upstream:
+// project's Flink job server jar by pipelines/local_run/jars.py (FLINK_JAVA). Two changes, marked "PATCH" (upstream:
 // apache/beam#27648):
 //  1. A fired SDF self-checkpoint timer takes its residual out of the residual map of the patched
 //     BundleCheckpointHandlers (and so removes it) instead of reading a value state of its own name that was never
