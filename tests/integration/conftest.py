@@ -63,13 +63,10 @@ def bigquery_emulator() -> Iterator[BigQueryEmulator]:
 def flink_cluster() -> Iterator[FlinkCluster]:
     """A healthy Flink session cluster (JobManager + TaskManager); `.flink_master` is the value for --flink_master.
 
-    Shared by the session. Tests cancel their own jobs; what they leave running is cancelled at the end, so a cluster
-    from `services up` gets its slots back (jobs that ran there before the tests are left alone).
+    Shared by the session. What a test leaves running there is cancelled after it (the autouse fixture below), so a
+    cluster from `services up` gets its slots back (jobs that ran there before the tests are left alone).
     """
-    for cluster in _provide(FlinkCluster):
-        before = {job["id"] for job in cluster.jobs()}
-        yield cluster
-        cluster.cancel_running_jobs(keep=before)
+    yield from _provide(FlinkCluster)
 
 
 @pytest.fixture(autouse=True)

@@ -108,9 +108,8 @@ def _rest(flink: FlinkCluster, path: str):
 
 @pytest.fixture
 def cluster(flink_cluster):
-    ours = Cluster(flink_cluster, {job["id"] for job in flink_cluster.jobs()})
-    yield ours
-    ours.cancel_ours()
+    # What the test leaves running is cancelled after it by conftest's autouse fixture.
+    return Cluster(flink_cluster, {job["id"] for job in flink_cluster.jobs()})
 
 
 def runner(
